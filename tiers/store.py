@@ -1,0 +1,630 @@
+"""The tiered block store: placement, promotion, demotion, pins and eviction over tiers.
+
+Tiers are ordered fastest first (HBM, DRAM, flash). The store owns the index (key →
+``BlockMeta``), every tier's eviction policy, and every counter; tiers only keep bytes.
+
+- ``put`` places new blocks in the fastest tier with room (making room by eviction);
+  with ``write_through`` they also go to the last tier in the same call.
+- ``get`` reads from the fastest tier holding the block and promotes it to the top tier.
+- Eviction from a tier demotes the block to the next tier down (write-back) unless a lower
+  tier already has it; eviction from the last tier drops it.
+- Prefix-aware: a block is useless without its ancestors. Chains are touched deepest
+  first, so under recency an ancestor is always newer than its descendants and leaves
+  go first; a block with children is dropped only when no leaf can make room.
+- Pinned blocks are out of their tier's policy, so nothing evicts them.
+
+All public methods take one lock, so the store is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from hashing.keys import KEY_SIZE
+from tiers.base import Block, StoreFullError, Tier, TierFull, TierWriteError, UnknownBlockError
+from tiers.policy import EvictionPolicy, make_policy
+
+log = logging.getLogger(__name__)
+
+# How many blocks with children the victim search skips before it gives up looking for a
+# leaf; bounds the search so eviction stays O(1) in the common case.
+_LEAF_SCAN_LIMIT = 64
+# Share of a tier's blocks evicted when its backing store is full before its byte count.
+_MAP_FULL_SHARE = 1 / 16
+
+
+@dataclass(slots=True)
+class BlockMeta:
+    parent: bytes
+    depth: int
+    size: int
+    tiers: int = 0  # bit t set: resident in tier t
+    pinned: int = -1  # tier index the block is pinned in, or -1
+    pin_expiry: float = 0.0  # monotonic time, 0 for no expiry
+    hits: int = 0
+    last_access: float = 0.0  # wall-clock seconds
+    children: int = 0  # blocks in the index whose parent this is
+
+
+@dataclass
+class TierCounters:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    promotions: int = 0  # blocks copied into this tier by a read
+    demotions: int = 0  # blocks moved into this tier by an eviction above
+    bytes_in: int = 0
+    bytes_out: int = 0
+    write_errors: int = 0
+
+
+@dataclass
+class StoreCounters:
+    puts: int = 0
+    put_bytes: int = 0
+    gets: int = 0
+    hits: int = 0
+    misses: int = 0
+    dropped: int = 0  # evicted from the last tier holding them
+    stranded: int = 0  # dropped while they still had children
+    checksum_failures: int = 0
+    rejected_full: int = 0  # puts refused because every tier was full of pinned blocks
+
+
+@dataclass
+class _TierState:
+    tier: Tier
+    policy: EvictionPolicy
+    used: int = 0
+    blocks: int = 0
+    pinned: int = 0
+    counters: TierCounters = field(default_factory=TierCounters)
+
+
+class TieredStore:
+    def __init__(
+        self,
+        tiers: Sequence[Tier],
+        policy: str = "default",
+        write_through: bool = False,
+        promote_on_read: bool = True,
+    ):
+        if not tiers:
+            raise ValueError("a store needs at least one tier")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be distinct, got {names}")
+        self._tiers = [_TierState(t, make_policy(policy)) for t in tiers]
+        self.policy_name = policy
+        self.write_through = write_through
+        self.promote_on_read = promote_on_read
+        self.counters = StoreCounters()
+        self._index: dict[bytes, BlockMeta] = {}
+        self._pin_expiries: list[tuple[float, bytes]] = []  # heap
+        self._lock = threading.RLock()
+        self._closed = False
+        self._rebuild()
+
+    # -- queries ------------------------------------------------------------------------
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [s.tier.name for s in self._tiers]
+
+    def tier_index(self, name: str) -> int:
+        for i, s in enumerate(self._tiers):
+            if s.tier.name == name:
+                return i
+        raise ValueError(f"tier {name!r} is not configured; this store has {self.tier_names}")
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._index
+
+    def lookup(self, keys: Iterable[bytes]) -> list[str]:
+        """The tier of each leading key that is present; stops at the first missing one.
+
+        ``len(result)`` is the number of cached leading blocks. Counts nothing and touches
+        nothing: a lookup is a question, the ``get`` that follows is the use.
+        """
+        out = []
+        with self._lock:
+            for key in keys:
+                meta = self._index.get(key)
+                if meta is None:
+                    break
+                out.append(self._tiers[_top(meta.tiers)].tier.name)
+        return out
+
+    def info(self, key: bytes) -> dict:
+        with self._lock:
+            meta = self._index.get(key)
+            if meta is None:
+                raise UnknownBlockError(f"block {key.hex()} is not in the store")
+            return self._describe(key, meta)
+
+    def _describe(self, key: bytes, meta: BlockMeta) -> dict:
+        return {
+            "key": key.hex(),
+            "parent": meta.parent.hex(),
+            "depth": meta.depth,
+            "size": meta.size,
+            "tiers": [s.tier.name for i, s in enumerate(self._tiers) if meta.tiers >> i & 1],
+            "pinned": self._tiers[meta.pinned].tier.name if meta.pinned >= 0 else None,
+            "hits": meta.hits,
+            "last_access": meta.last_access,
+            "children": meta.children,
+        }
+
+    def list_blocks(
+        self, tier: str | None = None, pinned: bool | None = None, offset: int = 0, limit: int = 100
+    ) -> list[dict]:
+        """A page of block descriptions, in insertion order, filtered by tier and pin."""
+        with self._lock:
+            bit = 1 << self.tier_index(tier) if tier else -1
+            rows = (
+                (k, m)
+                for k, m in self._index.items()
+                if m.tiers & bit and (pinned is None or (m.pinned >= 0) == pinned)
+            )
+            return [self._describe(k, m) for k, m in itertools.islice(rows, offset, offset + limit)]
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Payload of each key (``None`` where absent), read from its fastest tier.
+
+        Hits are promoted to the top tier; the chain is touched deepest first.
+        """
+        out: list[bytes | None] = []
+        promote: list[Block] = []
+        touched: list[bytes] = []
+        now = time.time()
+        with self._lock:
+            for key in keys:
+                meta = self._index.get(key)
+                payload, t = (None, -1) if meta is None else self._read(key, meta)
+                self.counters.gets += 1
+                if payload is None:
+                    self.counters.misses += 1
+                    for s in self._tiers:
+                        s.counters.misses += 1
+                    out.append(None)
+                    continue
+                self.counters.hits += 1
+                for s in self._tiers[:t]:
+                    s.counters.misses += 1
+                c = self._tiers[t].counters
+                c.hits += 1
+                c.bytes_out += meta.size
+                meta.hits += 1
+                meta.last_access = now
+                touched.append(key)
+                out.append(payload)
+                if t > 0 and self.promote_on_read and meta.pinned != t:
+                    promote.append(Block(key, meta.parent, meta.depth, payload, meta.size))
+            if promote:
+                self._tiers[0].counters.promotions += len(self._place(0, promote))
+            self._touch_chain(touched)
+        return out
+
+    def _read(self, key: bytes, meta: BlockMeta) -> tuple[bytes | None, int]:
+        """The payload from the fastest tier that can produce it, dropping bad copies."""
+        for t, s in enumerate(self._tiers):
+            if not meta.tiers >> t & 1:
+                continue
+            before = s.tier.corrupt_reads
+            payload = s.tier.get(key)
+            if payload is not None:
+                return payload, t
+            # The tier lost or refused the copy (a failed checksum): it is a miss here.
+            self.counters.checksum_failures += s.tier.corrupt_reads - before
+            self._forget_in(t, key, meta)
+            if not meta.tiers:
+                self._drop(key, meta)
+                break
+        return None, -1
+
+    # -- writes -------------------------------------------------------------------------
+
+    def put(self, blocks: Sequence[Block]) -> int:
+        """Store new blocks (present ones are only touched); returns how many were new.
+
+        Every block is validated before anything changes. Raises ``StoreFullError`` when
+        some block fits in no tier because every block that could make room is pinned;
+        the blocks that did fit stay stored.
+        """
+        for b in blocks:
+            _check_block(b)
+            self._tiers[0].tier.footprint(b.size)  # PayloadSizeError before any change
+        now = time.time()
+        with self._lock:
+            self._expire_pins()
+            new: list[Block] = []
+            seen: set[bytes] = set()
+            touched: list[bytes] = []
+            for b in blocks:
+                if b.key in seen:
+                    continue
+                seen.add(b.key)
+                touched.append(b.key)
+                meta = self._index.get(b.key)
+                if meta is not None:
+                    meta.last_access = now
+                    continue
+                self._index[b.key] = BlockMeta(b.parent, b.depth, b.size, last_access=now)
+                new.append(b)
+            homeless = new
+            for t in range(len(self._tiers)):
+                if not homeless:
+                    break
+                placed = set(self._place(t, homeless))
+                homeless = [b for b in homeless if b.key not in placed]
+            if self.write_through and len(self._tiers) > 1:
+                last = len(self._tiers) - 1
+                self._place(last, [b for b in new if not self._index[b.key].tiers >> last & 1])
+            for b in new:
+                meta = self._index[b.key]
+                if meta.tiers:
+                    parent = self._index.get(b.parent)
+                    if parent is not None:
+                        parent.children += 1
+                    self.counters.puts += 1
+                    self.counters.put_bytes += b.size
+                else:
+                    del self._index[b.key]
+            self._touch_chain(touched)
+            if homeless:
+                self.counters.rejected_full += len(homeless)
+                raise StoreFullError(
+                    f"{len(homeless)} of {len(blocks)} blocks were not stored: every tier is "
+                    "full of pinned blocks; unpin some or add capacity"
+                )
+            return len(new)
+
+    def _place(self, t: int, blocks: list[Block]) -> list[bytes]:
+        """Write ``blocks`` into tier ``t`` after making room; returns the keys placed.
+
+        Places all of them if room can be made for all, else as many as fit one by one.
+        """
+        s = self._tiers[t]
+        blocks = [b for b in blocks if not self._index[b.key].tiers >> t & 1]
+        if not blocks:
+            return []
+        need = sum(s.tier.footprint(b.size) for b in blocks)
+        if self._make_room(t, need, protect={b.key for b in blocks}):
+            if self._write(t, blocks):
+                return [b.key for b in blocks]
+            return []
+        placed = []
+        for b in blocks:
+            if self._make_room(t, s.tier.footprint(b.size), protect={b.key}) and self._write(t, [b]):
+                placed.append(b.key)
+        return placed
+
+    def _write(self, t: int, blocks: list[Block]) -> bool:
+        s = self._tiers[t]
+        for attempt in range(3):
+            try:
+                s.tier.put_many(blocks)
+            except TierFull as e:
+                # The backing store is fuller than our byte count says (LMDB's B-tree pages,
+                # pages older readers still hold): evict a share of what it holds and retry.
+                problem = str(e)
+                need = sum(s.tier.footprint(b.size) for b in blocks)
+                amount = max(need, int(s.used * _MAP_FULL_SHARE)) * (attempt + 1)
+                if self._evict_bytes(t, min(amount, s.used), protect={b.key for b in blocks}):
+                    continue
+            except TierWriteError as e:
+                problem = str(e)
+            else:
+                for b in blocks:
+                    meta = self._index[b.key]
+                    meta.tiers |= 1 << t
+                    s.used += s.tier.footprint(b.size)
+                    s.blocks += 1
+                    s.counters.bytes_in += b.size
+                    s.policy.insert(b.key, meta)
+                return True
+            break
+        s.counters.write_errors += len(blocks)
+        log.error("%s: %d blocks not written: %s", s.tier.name, len(blocks), problem)
+        return False
+
+    def _make_room(self, t: int, need: int, protect: set[bytes]) -> bool:
+        """Evict from tier ``t`` until ``need`` more bytes fit. Evicts nothing and returns
+        False when even evicting every unpinned block would not be enough."""
+        s = self._tiers[t]
+        excess = s.used + need - s.tier.capacity_bytes
+        if excess <= 0:
+            return True
+        self._expire_pins()
+        return self._evict_bytes(t, excess, protect)
+
+    def _evict_bytes(self, t: int, amount: int, protect: set[bytes]) -> bool:
+        """Evict at least ``amount`` bytes from tier ``t``, or nothing (returning False)."""
+        s = self._tiers[t]
+        victims, freed = [], 0
+        for key in self._victims(t):
+            if key in protect:
+                continue
+            victims.append(key)
+            freed += s.tier.footprint(self._index[key].size)
+            if freed >= amount:
+                break
+        else:
+            return False
+        self._evict(t, victims)
+        return True
+
+    def _victims(self, t: int) -> Iterator[bytes]:
+        """Tier ``t``'s candidates in policy order, leaves (or blocks that stay reachable
+        in a lower tier) first."""
+        deferred: list[bytes] = []
+        last = len(self._tiers) - 1
+        for key in self._tiers[t].policy.candidates():
+            meta = self._index[key]
+            if meta.children == 0 or t < last or meta.tiers >> (t + 1):
+                yield key
+            else:
+                deferred.append(key)
+                if len(deferred) >= _LEAF_SCAN_LIMIT:
+                    break
+        yield from deferred
+
+    def _evict(self, t: int, victims: list[bytes]) -> None:
+        s = self._tiers[t]
+        lower = t + 1 if t + 1 < len(self._tiers) else None
+        demote = []
+        if lower is not None:
+            for key in victims:
+                meta = self._index[key]
+                if not meta.tiers >> lower:  # no copy below: move it down
+                    demote.append(Block(key, meta.parent, meta.depth, s.tier.get(key), meta.size))
+        s.tier.delete_many(victims)
+        s.counters.evictions += len(victims)
+        for key in victims:
+            self._forget_in(t, key, self._index[key])
+        if demote:
+            self._tiers[lower].counters.demotions += len(self._place(lower, demote))
+        for key in victims:
+            meta = self._index.get(key)
+            if meta is not None and not meta.tiers:
+                self._drop(key, meta)
+
+    def _forget_in(self, t: int, key: bytes, meta: BlockMeta) -> None:
+        """Bookkeeping for a block that left tier ``t`` (its bytes are already gone)."""
+        s = self._tiers[t]
+        meta.tiers &= ~(1 << t)
+        s.used -= s.tier.footprint(meta.size)
+        s.blocks -= 1
+        s.policy.remove(key)
+        if meta.pinned == t:
+            meta.pinned = -1
+            s.pinned -= 1
+
+    def _drop(self, key: bytes, meta: BlockMeta) -> None:
+        """Remove a block that no tier holds any more from the index."""
+        del self._index[key]
+        self.counters.dropped += 1
+        if meta.children:
+            self.counters.stranded += 1
+        parent = self._index.get(meta.parent)
+        if parent is not None:
+            parent.children -= 1
+
+    def _touch_chain(self, keys: list[bytes]) -> None:
+        # Deepest first: an ancestor ends up more recent than its descendants.
+        for key in reversed(keys):
+            meta = self._index.get(key)
+            if meta is None:
+                continue
+            for t, s in enumerate(self._tiers):
+                if meta.tiers >> t & 1 and meta.pinned != t:
+                    s.policy.touch(key, meta)
+
+    # -- pins and deletes ---------------------------------------------------------------
+
+    def pin(self, keys: Sequence[bytes], tier: str | None = None, ttl: float | None = None) -> int:
+        """Keep blocks in ``tier`` (the top tier by default), copying them there first if
+        needed; with ``ttl`` the pin lapses after that many seconds. Returns how many
+        blocks are pinned. Raises ``UnknownBlockError`` for a key the store lacks (nothing
+        is pinned then) and ``StoreFullError`` when the tier cannot make room."""
+        t = self.tier_index(tier) if tier else 0
+        s = self._tiers[t]
+        with self._lock:
+            self._expire_pins()
+            missing = [k.hex() for k in keys if k not in self._index]
+            if missing:
+                raise UnknownBlockError(f"{len(missing)} block(s) not in the store: {missing[:4]}")
+            for key in keys:
+                meta = self._index[key]
+                if not meta.tiers >> t & 1:
+                    payload, _ = self._read(key, meta)
+                    if payload is None:
+                        raise UnknownBlockError(f"block {key.hex()} could not be read to pin it")
+                    if not self._place(t, [Block(key, meta.parent, meta.depth, payload, meta.size)]):
+                        raise StoreFullError(
+                            f"{s.tier.name} has no room for block {key.hex()}: it is full of "
+                            "pinned blocks"
+                        )
+                if meta.pinned >= 0 and meta.pinned != t:
+                    self._unpin_one(key, meta)
+                if meta.pinned != t:
+                    meta.pinned = t
+                    s.pinned += 1
+                    s.policy.remove(key)
+                meta.pin_expiry = time.monotonic() + ttl if ttl else 0.0
+                if ttl:
+                    heapq.heappush(self._pin_expiries, (meta.pin_expiry, key))
+            return len(keys)
+
+    def unpin(self, keys: Sequence[bytes]) -> int:
+        """Make blocks evictable again; returns how many were pinned."""
+        with self._lock:
+            n = 0
+            for key in keys:
+                meta = self._index.get(key)
+                if meta is not None and meta.pinned >= 0:
+                    self._unpin_one(key, meta)
+                    n += 1
+            return n
+
+    def _unpin_one(self, key: bytes, meta: BlockMeta) -> None:
+        s = self._tiers[meta.pinned]
+        s.pinned -= 1
+        s.policy.insert(key, meta)
+        meta.pinned = -1
+        meta.pin_expiry = 0.0
+
+    def _expire_pins(self) -> None:
+        now = time.monotonic()
+        while self._pin_expiries and self._pin_expiries[0][0] <= now:
+            expiry, key = heapq.heappop(self._pin_expiries)
+            meta = self._index.get(key)
+            # A pin renewed or removed since has another (or no) expiry: skip the stale entry.
+            if meta is not None and meta.pinned >= 0 and meta.pin_expiry == expiry:
+                self._unpin_one(key, meta)
+
+    def delete(self, keys: Iterable[bytes]) -> int:
+        """Remove blocks from every tier, pinned or not; returns how many existed."""
+        with self._lock:
+            n = 0
+            for key in keys:
+                meta = self._index.get(key)
+                if meta is None:
+                    continue
+                self._remove_everywhere(key, meta)
+                n += 1
+            return n
+
+    def _remove_everywhere(self, key: bytes, meta: BlockMeta) -> None:
+        for t, s in enumerate(self._tiers):
+            if meta.tiers >> t & 1:
+                s.tier.delete_many([key])
+                self._forget_in(t, key, meta)
+        del self._index[key]
+        parent = self._index.get(meta.parent)
+        if parent is not None:
+            parent.children -= 1
+
+    def clear(self, tier: str | None = None, include_pinned: bool = False) -> int:
+        """Drop every block (or every block resident in ``tier``), pinned ones only when
+        asked; returns how many blocks were removed from the store or the tier."""
+        with self._lock:
+            t = self.tier_index(tier) if tier else None
+            n = 0
+            for key, meta in list(self._index.items()):
+                if not include_pinned and meta.pinned >= 0:
+                    continue
+                if t is None:
+                    self._remove_everywhere(key, meta)
+                    n += 1
+                elif meta.tiers >> t & 1:
+                    self._tiers[t].tier.delete_many([key])
+                    self._forget_in(t, key, meta)
+                    if not meta.tiers:
+                        self._drop(key, meta)
+                    n += 1
+            return n
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """Index what persistent tiers kept across a restart. Deeper blocks enter their
+        policy first, so leaves are the first to go."""
+        for t, s in enumerate(self._tiers):
+            if not s.tier.persistent:
+                continue
+            found = sorted(s.tier.scan(), key=lambda sb: -sb.depth)
+            self.counters.checksum_failures += s.tier.corrupt_reads
+            for sb in found:
+                meta = self._index.get(sb.key)
+                if meta is None:
+                    meta = self._index[sb.key] = BlockMeta(sb.parent, sb.depth, sb.size)
+                meta.tiers |= 1 << t
+                s.used += s.tier.footprint(sb.size)
+                s.blocks += 1
+                s.policy.insert(sb.key, meta)
+        for meta in self._index.values():
+            parent = self._index.get(meta.parent)
+            if parent is not None:
+                parent.children += 1
+        if self._index:
+            log.info("store: %d blocks found in persistent tiers", len(self._index))
+
+    def persist(self) -> int:
+        """Copy blocks that only volatile tiers hold into the last persistent tier, and
+        make it durable; returns how many were copied. Called on a clean shutdown."""
+        with self._lock:
+            targets = [t for t, s in enumerate(self._tiers) if s.tier.persistent]
+            if not targets:
+                return 0
+            t = targets[-1]
+            blocks = []
+            for key, meta in self._index.items():
+                if not meta.tiers >> t & 1:
+                    payload, _ = self._read(key, meta)
+                    if payload is not None:
+                        blocks.append(Block(key, meta.parent, meta.depth, payload, meta.size))
+            placed = self._place(t, blocks) if blocks else []
+            self._tiers[t].tier.flush()
+            return len(placed)
+
+    def close(self, persist: bool = True) -> None:
+        """Persist (by default) and release every tier; a second call does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if persist:
+                self.persist()
+            for s in self._tiers:
+                s.tier.close()
+
+    # -- counters -----------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        with self._lock:
+            c = self.counters
+            tiers = []
+            for s in self._tiers:
+                tiers.append({
+                    **s.tier.describe(),
+                    "used_bytes": s.used,
+                    "blocks": s.blocks,
+                    "pinned_blocks": s.pinned,
+                    **vars(s.counters),
+                })
+            return {
+                "blocks": len(self._index),
+                "policy": self.policy_name,
+                "write_through": self.write_through,
+                "hit_rate": c.hits / c.gets if c.gets else 0.0,
+                **vars(c),
+                "tiers": tiers,
+            }
+
+
+def _top(mask: int) -> int:
+    """Index of the fastest tier in a residency mask."""
+    return (mask & -mask).bit_length() - 1
+
+
+def _check_block(b: Block) -> None:
+    if not isinstance(b.key, bytes) or len(b.key) != KEY_SIZE:
+        raise ValueError(f"block key must be {KEY_SIZE} bytes, got {b.key!r:.60}")
+    if not isinstance(b.parent, bytes) or len(b.parent) != KEY_SIZE:
+        raise ValueError(f"parent key must be {KEY_SIZE} bytes, got {b.parent!r:.60}")
+    if b.depth < 0:
+        raise ValueError(f"block depth must be >= 0, got {b.depth}")
+    if b.payload is not None and len(b.payload) != b.size:
+        raise ValueError(f"block size {b.size} disagrees with its payload of {len(b.payload)} B")
