@@ -95,6 +95,19 @@ class Tier(ABC):
         """A copy of the payload, or ``None`` when absent or unreadable (a corrupt record
         is removed by the tier and reported through ``corrupt_reads``)."""
 
+    def read_into(self, key: bytes, out: memoryview) -> int:
+        """Copy the payload into ``out``; its size, or -1 when absent or unreadable.
+        The caller has checked that ``out`` is large enough (the store knows sizes)."""
+        payload = self.get(key)
+        if payload is None:
+            return -1
+        out[: len(payload)] = payload
+        return len(payload)
+
+    def read_many_into(self, keys: list[bytes], dests: list[memoryview]) -> list[int]:
+        """``read_into`` for a batch (tiers override it to share one transaction)."""
+        return [self.read_into(k, d) for k, d in zip(keys, dests, strict=True)]
+
     @abstractmethod
     def put_many(self, blocks: list[Block]) -> None:
         """Store every block; the store has made room. All or nothing where the tier can;

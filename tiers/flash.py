@@ -63,18 +63,42 @@ class FlashTier(Tier):
             return txn.get(key) is not None
 
     def get(self, key: bytes) -> bytes | None:
+        out: list[bytes | None] = []
+        self._read_batch([key], lambda raw, _: out.append(bytes(record.payload_of(raw))))
+        return out[0] if out else None
+
+    def read_into(self, key: bytes, out: memoryview) -> int:
+        return self.read_many_into([key], [out])[0]
+
+    def read_many_into(self, keys: list[bytes], dests: list[memoryview]) -> list[int]:
+        sizes = [-1] * len(keys)
+
+        def copy(raw, i: int) -> None:
+            payload = record.payload_of(raw)  # verify first: the hash pulls it into cache
+            dests[i][: payload.nbytes] = payload
+            sizes[i] = payload.nbytes
+
+        self._read_batch(keys, copy)
+        return sizes
+
+    def _read_batch(self, keys: list[bytes], take) -> None:
+        """``take(raw record view, i)`` for each present key, in one read transaction (the
+        views are valid only inside it). Records that fail verification are deleted
+        afterwards and skipped: a corrupt block is a miss, never served."""
+        bad = []
         with self._env.begin(buffers=True) as txn:
-            raw = txn.get(key)
-            if raw is None:
-                return None
-            try:
-                return bytes(record.payload_of(raw))
-            except record.CorruptRecord as e:
-                problem = str(e)
-        self.corrupt_reads += 1
-        log.warning("flash: block %s failed verification (%s); deleted", key.hex(), problem)
-        self.delete_many([key])
-        return None
+            for i, key in enumerate(keys):
+                raw = txn.get(key)
+                if raw is None:
+                    continue
+                try:
+                    take(raw, i)
+                except record.CorruptRecord as e:
+                    bad.append(key)
+                    log.warning("flash: block %s failed verification (%s); deleted", key.hex(), e)
+        if bad:
+            self.corrupt_reads += len(bad)
+            self.delete_many(bad)
 
     def put_many(self, blocks: list[Block]) -> None:
         """One write transaction for the whole batch: all of it lands or none."""

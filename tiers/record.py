@@ -57,3 +57,4 @@ def payload_of(record) -> memoryview:
     if xxhash.xxh3_64_intdigest(payload) != checksum:
         raise CorruptRecord("payload checksum mismatch")
     return payload
+

@@ -62,8 +62,9 @@ class SlabTier(Tier):
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         self.pinned_memory = not on_gpu and torch.cuda.is_available()
-        # flat: [num_pages * page_size] bytes on the tier's device
-        self._flat = torch.empty(num_pages * page_size, dtype=torch.uint8, device=self.device,
+        # flat: [num_pages * page_size] bytes on the tier's device. Zeroed, so every page
+        # is committed at start: no page faults while serving, and no overcommit surprise.
+        self._flat = torch.zeros(num_pages * page_size, dtype=torch.uint8, device=self.device,
                                  pin_memory=self.pinned_memory)
         self._host = None if on_gpu else self._flat.numpy()
         self._free = list(range(num_pages - 1, -1, -1))  # a stack: pop gives the lowest page
@@ -88,16 +89,26 @@ class SlabTier(Tier):
         if self._host is not None and len(runs) == 1:
             start = runs[0][0] * self.page_size
             return self._host[start : start + size].tobytes()
-        return self._gather(size, runs).tobytes()
+        return self._gather(size, runs, np.empty(size, dtype=np.uint8)).tobytes()
 
-    def _gather(self, size: int, runs: list[tuple[int, int]]) -> np.ndarray:
-        out = np.empty(size, dtype=np.uint8)
+    def read_into(self, key: bytes, out: memoryview) -> int:
+        entry = self._blocks.get(key)
+        if entry is None:
+            return -1
+        size, runs = entry
+        self._gather(size, runs, np.frombuffer(out, dtype=np.uint8, count=size))
+        return size
+
+    def _gather(self, size: int, runs: list[tuple[int, int]], out: np.ndarray) -> np.ndarray:
+        """Copy a block's runs, in order, into ``out`` (host memory)."""
         done = 0
         for first, count in runs:
             start = first * self.page_size
             n = min(count * self.page_size, size - done)
-            seg = self._flat[start : start + n]
-            out[done : done + n] = seg.numpy() if self._host is not None else seg.cpu().numpy()
+            if self._host is not None:
+                np.copyto(out[done : done + n], self._host[start : start + n])
+            else:
+                out[done : done + n] = self._flat[start : start + n].cpu().numpy()
             done += n
         return out
 

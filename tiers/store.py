@@ -109,6 +109,7 @@ class TieredStore:
         self._pin_expiries: list[tuple[float, bytes]] = []  # heap
         self._lock = threading.RLock()
         self._closed = False
+        self._moving: set[bytes] = set()  # blocks on their way up: no cascade may evict them
         self._rebuild()
 
     # -- queries ------------------------------------------------------------------------
@@ -184,20 +185,33 @@ class TieredStore:
 
         Hits are promoted to the top tier; the chain is touched deepest first.
         """
-        out: list[bytes | None] = []
-        promote: list[Block] = []
-        touched: list[bytes] = []
+        return [None if r is None else bytes(r) for r in self._fetch(keys, None)]
+
+    def get_into(self, keys: Sequence[bytes], arena: memoryview | bytearray) -> list[memoryview | None]:
+        """Like ``get``, but copies the payloads back to back into ``arena`` (the caller's
+        reusable buffer: one copy, no allocation) and returns a view of each, ``None``
+        where absent. Stops before the first hit that does not fit, so the result may be
+        shorter than ``keys``; the views are valid until the caller reuses the arena."""
+        return self._fetch(keys, memoryview(arena).cast("B"))
+
+    def _fetch(self, keys: Sequence[bytes], arena: memoryview | None) -> list:
         now = time.time()
         with self._lock:
-            for key in keys:
-                meta = self._index.get(key)
-                payload, t = (None, -1) if meta is None else self._read(key, meta)
+            plan = self._plan_reads(keys, arena)
+            out: list = [None] * len(plan)
+            served = [-1] * len(plan)
+            self._read_planned(plan, out, served)
+            promote: list[Block] = []
+            touched: list[bytes] = []
+            for i, (key, meta, dest) in enumerate(plan):
+                if meta is not None and out[i] is None and meta.tiers:  # fastest copy failed
+                    out[i], served[i] = self._read(key, meta, dest)
+                t = served[i]
                 self.counters.gets += 1
-                if payload is None:
+                if t < 0:
                     self.counters.misses += 1
                     for s in self._tiers:
                         s.counters.misses += 1
-                    out.append(None)
                     continue
                 self.counters.hits += 1
                 for s in self._tiers[:t]:
@@ -208,21 +222,71 @@ class TieredStore:
                 meta.hits += 1
                 meta.last_access = now
                 touched.append(key)
-                out.append(payload)
                 if t > 0 and self.promote_on_read and meta.pinned != t:
-                    promote.append(Block(key, meta.parent, meta.depth, payload, meta.size))
+                    promote.append(Block(key, meta.parent, meta.depth, out[i], meta.size))
             if promote:
-                self._tiers[0].counters.promotions += len(self._place(0, promote))
+                self._moving = {b.key for b in promote}
+                try:
+                    self._tiers[0].counters.promotions += len(self._place(0, promote))
+                finally:
+                    self._moving = set()
             self._touch_chain(touched)
         return out
 
-    def _read(self, key: bytes, meta: BlockMeta) -> tuple[bytes | None, int]:
-        """The payload from the fastest tier that can produce it, dropping bad copies."""
+    def _plan_reads(self, keys: Sequence[bytes], arena: memoryview | None) -> list[tuple]:
+        """(key, meta or None, destination view or None) per key; with an arena, stops
+        before the first present block that does not fit in what is left of it."""
+        plan = []
+        offset = 0
+        for key in keys:
+            meta = self._index.get(key)
+            dest = None
+            if meta is not None and arena is not None:
+                if offset + meta.size > arena.nbytes:
+                    break
+                dest = arena[offset : offset + meta.size]
+                offset += meta.size
+            plan.append((key, meta, dest))
+        return plan
+
+    def _read_planned(self, plan: list[tuple], out: list, served: list[int]) -> None:
+        """Read each planned block from its fastest tier, one batched call per tier."""
+        by_tier: dict[int, list[int]] = {}
+        for i, (_, meta, _) in enumerate(plan):
+            if meta is not None:
+                by_tier.setdefault(_top(meta.tiers), []).append(i)
+        for t, rows in by_tier.items():
+            tier = self._tiers[t].tier
+            keys = [plan[i][0] for i in rows]
+            corrupt_before = tier.corrupt_reads
+            if plan[rows[0]][2] is None:
+                payloads = [tier.get(k) for k in keys]
+            else:
+                sizes = tier.read_many_into(keys, [plan[i][2] for i in rows])
+                payloads = [None if n < 0 else plan[i][2][:n] for i, n in zip(rows, sizes, strict=True)]
+            self.counters.checksum_failures += tier.corrupt_reads - corrupt_before
+            for i, payload in zip(rows, payloads, strict=True):
+                if payload is not None:
+                    out[i], served[i] = payload, t
+                else:  # the tier lost or refused its copy: forget it, lower tiers may have one
+                    key, meta, _ = plan[i]
+                    self._forget_in(t, key, meta)
+                    if not meta.tiers:
+                        self._drop(key, meta)
+
+    def _read(self, key: bytes, meta: BlockMeta, dest: memoryview | None = None):
+        """``(payload, tier index)`` from the fastest tier that can produce it, dropping
+        copies that fail to read; with ``dest`` the payload is copied there and returned
+        as a view of it. ``(None, -1)`` when no tier can produce it."""
         for t, s in enumerate(self._tiers):
             if not meta.tiers >> t & 1:
                 continue
             before = s.tier.corrupt_reads
-            payload = s.tier.get(key)
+            if dest is None:
+                payload = s.tier.get(key)
+            else:
+                n = s.tier.read_into(key, dest)
+                payload = None if n < 0 else dest[:n]
             if payload is not None:
                 return payload, t
             # The tier lost or refused the copy (a failed checksum): it is a miss here.
@@ -312,6 +376,9 @@ class TieredStore:
 
     def _write(self, t: int, blocks: list[Block]) -> bool:
         s = self._tiers[t]
+        # Making room can cascade (a demotion evicts below) and drop a block that is on its
+        # way up from that lower tier: it is gone, so it is not placed either.
+        blocks = [b for b in blocks if b.key in self._index]
         for attempt in range(3):
             try:
                 s.tier.put_many(blocks)
@@ -354,7 +421,7 @@ class TieredStore:
         s = self._tiers[t]
         victims, freed = [], 0
         for key in self._victims(t):
-            if key in protect:
+            if key in protect or key in self._moving:
                 continue
             victims.append(key)
             freed += s.tier.footprint(self._index[key].size)

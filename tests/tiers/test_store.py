@@ -81,6 +81,30 @@ def test_eviction_demotes_and_read_promotes(make_store):
     assert (dram["misses"], flash["misses"]) == (1, 0)
 
 
+def test_promotion_cascade_never_evicts_the_promoted_block(make_store):
+    store = make_store(dram=1, flash=1)
+    a, b = one("a"), one("b")
+    store.put([a])
+    store.put([b])  # a demoted to flash, which is now full
+    assert store.get([a.key]) == [a.payload]
+    # Promoting a pushed b down; flash had no room but a's copy, which is protected: b goes.
+    assert store.info(a.key)["tiers"] == ["dram", "flash"]
+    assert b.key not in store
+    assert store.stats()["dropped"] == 1
+
+
+def test_get_into_copies_into_the_arena(make_store):
+    store = make_store(dram=2, flash=4)
+    blocks = chain("g", 3)
+    store.put(blocks)
+    arena = bytearray(2 * BLOCK + 10)
+    views = store.get_into([blocks[0].key, one("absent").key, blocks[1].key, blocks[2].key], arena)
+    assert len(views) == 3  # the third hit does not fit: stop before it
+    assert views[1] is None
+    assert bytes(views[0]) == blocks[0].payload and bytes(views[2]) == blocks[1].payload
+    assert bytes(arena[: 2 * BLOCK]) == blocks[0].payload + blocks[1].payload
+
+
 def test_write_through_puts_in_both_tiers(make_store):
     store = make_store(dram=4, flash=4, write_through=True)
     blocks = chain("w", 2)
