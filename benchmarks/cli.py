@@ -12,7 +12,8 @@ import importlib
 
 # benchmark -> module; a new benchmark is one module and one line here.
 BENCHMARKS = {
-
+    "tiers": "benchmarks.tiers",
+    "dataplane": "benchmarks.dataplane",
 }
 
 

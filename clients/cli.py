@@ -17,6 +17,8 @@ import sys
 COMMANDS = {
     "keys": "hashing.cli",
     "bench": "benchmarks.cli",
+    "serve": "cacheserver.cli",
+    "admin": "clients.admin_cli",
 }
 
 

@@ -368,9 +368,11 @@ class TieredStore:
             if self._write(t, blocks):
                 return [b.key for b in blocks]
             return []
+        # One by one, never evicting a block of this same batch to fit another.
+        batch = {b.key for b in blocks}
         placed = []
         for b in blocks:
-            if self._make_room(t, s.tier.footprint(b.size), protect={b.key}) and self._write(t, [b]):
+            if self._make_room(t, s.tier.footprint(b.size), protect=batch) and self._write(t, [b]):
                 placed.append(b.key)
         return placed
 

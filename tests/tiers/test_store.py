@@ -276,8 +276,9 @@ def test_metadata_only_mode_counts_sizes_without_bytes():
     store = TieredStore([MetadataTier("dram", 3 * BLOCK), MetadataTier("flash", 10 * BLOCK)])
     blocks = [Block(b.key, b.parent, b.depth, None, BLOCK) for b in chain("m", 6)]
     store.put(blocks)
-    assert store.lookup(keys_of(blocks)) == ["flash"] * 3 + ["dram"] * 3
-    store.get(keys_of(blocks)[:2])
+    # A batch never evicts its own blocks: the first three fill DRAM, the rest go below.
+    assert store.lookup(keys_of(blocks)) == ["dram"] * 3 + ["flash"] * 3
+    store.get(keys_of(blocks)[3:5])
     assert store.stats()["tiers"][1]["hits"] == 2
     assert store.stats()["tiers"][0]["used_bytes"] == 3 * BLOCK
 
@@ -291,3 +292,16 @@ def test_listing_filters(make_store):
     assert [r["key"] for r in store.list_blocks(tier="flash")] == [a.key.hex()]
     assert [r["key"] for r in store.list_blocks(pinned=True)] == [c.key.hex()]
     assert len(store.list_blocks(offset=1, limit=1)) == 1
+
+
+def test_put_never_evicts_blocks_of_its_own_batch(make_store):
+    store = make_store(dram=4)
+    a, b = one("a"), one("b")
+    store.put([a, b])
+    store.pin([a.key, b.key])
+    blocks = chain("c", 4)
+    with pytest.raises(StoreFullError, match="2 of 4"):
+        store.put(blocks)
+    assert [blk.key in store for blk in blocks] == [True, True, False, False]
+    assert store.get(keys_of(blocks[:2])) == [blk.payload for blk in blocks[:2]]
+    assert store.get([a.key, b.key]) == [a.payload, b.payload]

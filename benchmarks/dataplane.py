@@ -1,0 +1,348 @@
+"""Data-plane throughput and latency: kvtier (TCP, Unix socket) beside Redis and memcpy.
+
+One run starts a real ``kvtier serve`` and a real ``redis-server`` (installed with apt if
+missing), then for each block size and client count measures batches of ``--batch``
+blocks: get and put GB/s and per-batch p50/p99 latency, over kvtier TCP, kvtier Unix
+socket and Redis (redis-py, MGET and pipelined SETs, hiredis parser when installed), and a
+plain numpy copy of the same bytes into a preallocated buffer (the memory-bandwidth
+ceiling). The systems take turns in short rounds and the median round counts, so a noisy
+neighbour hurts them alike.
+
+``get`` returns payloads in fresh buffers (like redis-py's MGET); ``get_into`` receives
+them into buffers the caller preallocated (as an engine's KV staging pages are), which
+compares with the memcpy line. Puts to kvtier use fresh keys every batch (each put really
+stores, and DRAM evicts as it fills); puts to Redis overwrite the same keys (Redis copies
+every SET, and memory stays bounded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, closing
+
+KIB = 1024
+SIZES = {"360KiB": 360 * KIB, "2MiB": 2048 * KIB}
+TARGETS = {"get_vs_redis_1_client": 2.0, "unix_get_vs_memcpy": 0.30}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="FILE", help="write the results here")
+    parser.add_argument("--batch", type=int, default=16, help="blocks per request (default 16)")
+    parser.add_argument("--clients", default="1,8", help="concurrent client counts (default 1,8)")
+    parser.add_argument("--sizes", default="360KiB,2MiB", help=f"block sizes among {list(SIZES)}")
+    parser.add_argument("--round-s", type=float, default=0.6, help="seconds per measurement round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the median counts")
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+def ensure_redis_server() -> str:
+    """Path of ``redis-server``, installing the Debian package when it is missing."""
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ValueError("redis-server is not installed; install it (e.g. 'apt-get install redis-server')")
+    print("redis-server is missing: installing it with apt-get (once) ...", file=sys.stderr, flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    path = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(path):
+        raise ValueError("apt-get ran but redis-server is still missing; install it by hand")
+    return path
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
+
+
+def start_kvtier(stack: ExitStack, folder: str, dram_gb: float) -> tuple[str, str]:
+    data_port, sock = free_port(), os.path.join(folder, "kvtier.sock")
+    cmd = [sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "serve", "--port", str(free_port()),
+           "--data-port", str(data_port), "--unix-socket", sock, "--dram-gb", str(dram_gb),
+           "--flash-gb", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    stack.callback(_stop, proc)
+    from clients.cache_client import CacheClient
+
+    url = f"kvtier://127.0.0.1:{data_port}"
+    wait_for(lambda: CacheClient(url).ping() and os.path.exists(sock), "kvtier serve")
+    return url, f"unix://{sock}"
+
+
+def start_redis(stack: ExitStack, folder: str) -> int:
+    port = free_port()
+    proc = subprocess.Popen([ensure_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", folder, "--protected-mode", "no"],
+                            stdout=subprocess.DEVNULL)
+    stack.callback(_stop, proc)
+    try:
+        import redis
+    except ImportError:
+        raise ValueError("the Redis comparison needs redis-py: pip install -e '.[bench]'") from None
+
+    def up() -> bool:
+        try:
+            return redis.Redis(port=port).ping()
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, "redis-server")
+    return port
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# -- measurement ------------------------------------------------------------------------
+
+
+def measure(workers: list[Callable[[], None]], batch_bytes: int, seconds: float) -> dict:
+    """Run each worker's batch call in its own thread for ``seconds``; GB/s and latency."""
+    latencies: list[list[float]] = [[] for _ in workers]
+    start = threading.Barrier(len(workers) + 1)
+    stop_at = [0.0]
+
+    def loop(i: int) -> None:
+        call, lat = workers[i], latencies[i]
+        start.wait()
+        while True:
+            t0 = time.perf_counter()
+            call()
+            t1 = time.perf_counter()
+            lat.append(t1 - t0)
+            if t1 >= stop_at[0]:
+                return
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(workers))]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    flat = sorted(x for lat in latencies for x in lat)
+    p99 = flat[min(len(flat) - 1, int(len(flat) * 0.99))]
+    return {"gbps": len(flat) * batch_bytes / elapsed / 1e9, "p50_ms": 1e3 * flat[len(flat) // 2],
+            "p99_ms": 1e3 * p99}
+
+
+class Payloads:
+    """``batch`` distinct payloads of ``size`` bytes, shared by every client."""
+
+    def __init__(self, batch: int, size: int):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        self.blocks = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for _ in range(batch)]
+        self.size = size
+        self.batch_bytes = batch * size
+
+
+def key_of(*parts: object) -> bytes:
+    import xxhash
+
+    return xxhash.xxh3_128_digest(repr(parts).encode())
+
+
+def kvtier_workers(url: str, clients: int, data: Payloads, op: str) -> tuple[list, list]:
+    """``op``: "get" (payloads in fresh buffers), "get_into" (into preallocated ones), "put"."""
+    from clients.cache_client import CacheClient
+    from clients.guard import ClientOptions
+
+    made, workers = [], []
+    root = key_of("root")
+    for c in range(clients):
+        client = CacheClient(url, ClientOptions(timeout=30.0))
+        made.append(client)
+        keys = [key_of("get", data.size, c, i) for i in range(len(data.blocks))]
+        if op.startswith("get"):
+            # Pinned, so the put rounds' churn never evicts what the get rounds read.
+            client.put([(k, root, 0, b) for k, b in zip(keys, data.blocks, strict=True)])
+            if client.pin(keys) != len(keys) or bytes(client.get(keys[:1])[0]) != data.blocks[0]:
+                raise RuntimeError(f"kvtier at {url} did not round-trip a block")
+            if op == "get":
+                workers.append(lambda client=client, keys=keys: _check_get(client.get(keys), len(keys)))
+            else:
+                outs = [memoryview(bytearray(data.size)) for _ in keys]
+                workers.append(lambda client=client, keys=keys, outs=outs: _check_get(
+                    client.get_into(keys, outs), len(keys)))
+        else:
+            counter = iter(range(1 << 62))
+            workers.append(lambda client=client, c=c, counter=counter: client.put(
+                [(key_of(url, c, next(counter)), root, 0, b) for b in data.blocks]))
+    return workers, made
+
+
+def _check_get(payloads: list, n: int) -> None:
+    if len(payloads) != n or any(p is None for p in payloads):
+        raise RuntimeError("kvtier get missed blocks the benchmark had put (is DRAM big enough?)")
+
+
+def redis_workers(port: int, clients: int, data: Payloads, op: str) -> tuple[list, list]:
+    import redis
+
+    made, workers = [], []
+    for c in range(clients):
+        r = redis.Redis(port=port)
+        made.append(r)
+        keys = [key_of("redis", c, i) for i in range(len(data.blocks))]
+
+        def put(r=r, keys=keys) -> None:
+            pipe = r.pipeline(transaction=False)
+            for k, b in zip(keys, data.blocks, strict=True):
+                pipe.set(k, b)
+            pipe.execute()
+
+        put()
+        if r.get(keys[0]) != data.blocks[0]:
+            raise RuntimeError("redis did not round-trip a block")
+        workers.append(put if op == "put" else lambda r=r, keys=keys: r.mget(keys))
+    return workers, made
+
+
+def memcpy_workers(clients: int, data: Payloads) -> tuple[list, list]:
+    import numpy as np
+
+    src = np.frombuffer(b"".join(data.blocks), dtype=np.uint8)
+    workers = []
+    for _ in range(clients):
+        dst = np.empty_like(src)
+        dst[:] = 1  # touch the pages once, as a preallocated buffer would be
+        workers.append(lambda dst=dst: np.copyto(dst, src))
+    return workers, []
+
+
+def run_cell(systems: dict[str, Callable], data: Payloads, rounds: int, seconds: float) -> dict:
+    """Every system in turn, ``rounds`` times; the median round of each."""
+    samples: dict[str, list[dict]] = {name: [] for name in systems}
+    built = {name: make() for name, make in systems.items()}
+    for _ in range(rounds):
+        for name, (workers, _) in built.items():
+            samples[name].append(measure(workers, data.batch_bytes, seconds))
+    for _, made in built.values():
+        for client in made:
+            client.close()
+    out = {}
+    for name, runs in samples.items():
+        for field in ("gbps", "p50_ms", "p99_ms"):
+            out[f"{name}_{field}"] = round(statistics.median(r[field] for r in runs), 3)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from cacheserver.memory import keep_freed_buffers
+
+    # Both clients (kvtier's and redis-py) allocate block-sized buffers per reply; this
+    # process keeps freed ones for reuse, as kvtier serve does (see cacheserver.memory).
+    keep_freed_buffers()
+    counts = [int(c) for c in args.clients.split(",")]
+    sizes = {name: SIZES[name] for name in args.sizes.split(",")}
+    need = max(counts) * args.batch * max(sizes.values())
+    results: dict[str, dict] = {}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="kvtier-bench-") as folder:
+        tcp, unix = start_kvtier(stack, folder, dram_gb=max(1.0, 4 * need / (1 << 30)))
+        rport = start_redis(stack, folder)
+        for size_name, size in sizes.items():
+            data = Payloads(args.batch, size)
+            for n in counts:
+                systems = {
+                    "kvtier_get": lambda n=n, data=data: kvtier_workers(tcp, n, data, "get"),
+                    "unix_get": lambda n=n, data=data: kvtier_workers(unix, n, data, "get"),
+                    "kvtier_get_into": lambda n=n, data=data: kvtier_workers(tcp, n, data, "get_into"),
+                    "unix_get_into": lambda n=n, data=data: kvtier_workers(unix, n, data, "get_into"),
+                    "redis_get": lambda n=n, data=data: redis_workers(rport, n, data, "get"),
+                    "memcpy": lambda data=data: memcpy_workers(1, data),
+                    "kvtier_put": lambda n=n, data=data: kvtier_workers(tcp, n, data, "put"),
+                    "unix_put": lambda n=n, data=data: kvtier_workers(unix, n, data, "put"),
+                    "redis_put": lambda n=n, data=data: redis_workers(rport, n, data, "put"),
+                }
+                cell = run_cell(systems, data, args.rounds, args.round_s)
+                results.setdefault(size_name, {})[str(n)] = cell
+                print(f"{size_name} x{args.batch}, {n} client(s): " + _line(cell), flush=True)
+    report = {"batch_blocks": args.batch, "results": results, "verdict": verdict(results),
+              "machine": {"cpus": os.cpu_count(), "redis_parser": _redis_parser()}}
+    print(render(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _line(cell: dict) -> str:
+    return ", ".join(f"{k[:-5]} {v:.2f} GB/s" for k, v in cell.items() if k.endswith("_gbps"))
+
+
+def _redis_parser() -> str:
+    try:
+        import hiredis  # noqa: F401
+    except ImportError:
+        return "python"
+    return "hiredis"
+
+
+def verdict(results: dict) -> dict:
+    """Each target's measured ratio and whether it was met."""
+    out = {}
+    for size_name, cells in results.items():
+        one = cells.get("1")
+        if one is None:
+            continue
+        get_ratio = one["kvtier_get_gbps"] / max(one["redis_get_gbps"], 1e-9)
+        unix_ratio = one["unix_get_gbps"] / max(one["memcpy_gbps"], 1e-9)
+        out[size_name] = {
+            "kvtier_get_vs_redis": round(get_ratio, 2),
+            "kvtier_get_vs_redis_met": get_ratio >= TARGETS["get_vs_redis_1_client"],
+            "unix_get_vs_memcpy": round(unix_ratio, 3),
+            "unix_get_vs_memcpy_met": unix_ratio >= TARGETS["unix_get_vs_memcpy"],
+        }
+    return out
+
+
+_COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "redis_get", "memcpy",
+            "kvtier_put", "unix_put", "redis_put")
+
+
+def render(report: dict) -> str:
+    """GB/s per system, then kvtier TCP get latency, one row per block size and client count."""
+    head = f"{'size':8} {'clients':>7} " + " ".join(f"{c:>15}" for c in _COLUMNS) + f" {'get p50/p99 ms':>16}"
+    lines = [head, "-" * len(head)]
+    for size_name, cells in report["results"].items():
+        for n, c in cells.items():
+            gbps = " ".join(f"{c[col + '_gbps']:>15.2f}" for col in _COLUMNS)
+            latency = f"{c['kvtier_get_p50_ms']:>8.1f}/{c['kvtier_get_p99_ms']:<7.1f}"
+            lines.append(f"{size_name:8} {n:>7} {gbps} {latency}")
+    lines.append("GB/s = 1e9 bytes per second; 1-client targets: " + json.dumps(report["verdict"]))
+    return "\n".join(lines)

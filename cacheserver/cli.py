@@ -1,0 +1,36 @@
+"""``kvtier serve``: run the cache service (REST admin API and binary data plane)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the cache service", description=(
+        "Run the cache service. Settings come from these flags, then KVTIER_* environment "
+        "variables (e.g. KVTIER_DRAM_GB), then the --config TOML file, then defaults."))
+    p.add_argument("--config", help="TOML file of settings (same names as the flags, with _)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="REST admin API port (default 8300)")
+    p.add_argument("--data-port", type=int, help="binary data-plane port (default 8301; 0: none)")
+    p.add_argument("--unix-socket", help="also serve the data plane on this Unix socket")
+    p.add_argument("--dram-gb", type=float, help="DRAM tier size in GiB (default 4)")
+    p.add_argument("--hbm-gb", type=float, help="GPU HBM tier size in GiB (CUDA only; default 0)")
+    p.add_argument("--flash-dir", help="LMDB folder of the flash tier (default ./.kvtier/flash)")
+    p.add_argument("--flash-gb", type=float, help="flash tier size in GiB (default 16; 0: none)")
+    p.add_argument("--policy", help="eviction policy (default: the store's default)")
+    p.add_argument("--admin-token", help="token REST mutations need (or KVTIER_ADMIN_TOKEN)")
+    p.add_argument("--page-kb", type=int, help="DRAM/HBM page size in KiB (default 64)")
+    p.add_argument("--max-frame-mb", type=int, help="largest data-plane frame body (default 256)")
+    p.add_argument("--max-batch", type=int, help="most keys per data-plane request (default 4096)")
+    p.add_argument("--max-rest-body-mb", type=int, help="largest REST request body (default 64)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cacheserver.config import load
+    from cacheserver.service import Service
+
+    config = load(vars(args), os.environ, args.config)
+    return Service(config).run()

@@ -1,0 +1,188 @@
+"""The binary data-plane protocol: frame layouts and their pure encoders and decoders.
+
+Every request and every reply is one frame: a fixed 20-byte header, then ``body_len``
+bytes of body. Payloads travel raw in the body, never encoded. ``docs/protocol.md`` is
+the full description; this module is its executable form, shared by the server and the
+clients, and touches no socket.
+
+::
+
+    header  <2s B B I I Q>   magic b"KV" | version | op (request) or status (reply) |
+                             request id | count | body length
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+MAGIC = b"KV"
+VERSION = 1
+HEADER = struct.Struct("<2sBBIIQ")
+HEADER_SIZE = HEADER.size  # 20
+KEY_SIZE = 16
+PUT_ENTRY = struct.Struct("<16s16sIQ")  # key | parent | depth | payload size
+PIN_PREFIX = struct.Struct("<dB")  # ttl seconds (0: none) | tier name length
+MISSING = -1  # a GET reply's size for a key the store lacks
+
+
+class Op(IntEnum):
+    PING = 0
+    LOOKUP = 1
+    GET = 2
+    PUT = 3
+    DELETE = 4
+    PIN = 5
+    UNPIN = 6
+
+
+class Status(IntEnum):
+    OK = 0
+    BAD_FRAME = 1  # malformed or oversize frame: the server closes the connection after it
+    BAD_REQUEST = 2  # a well-framed request the store refuses (unknown tier, bad size)
+    UNKNOWN_BLOCK = 3
+    STORE_FULL = 4
+    SERVER_ERROR = 5
+
+
+class FrameError(ValueError):
+    """A frame that breaks the protocol; the connection that sent it cannot continue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    code: int  # op in a request, status in a reply
+    request_id: int
+    count: int
+    body_len: int
+
+    def pack(self) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, self.code, self.request_id, self.count, self.body_len)
+
+
+def unpack_header(raw) -> Header:
+    magic, version, code, request_id, count, body_len = HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {bytes(magic)!r}; expected {MAGIC!r}")
+    if version != VERSION:
+        raise FrameError(f"protocol version {version} is not supported (this side speaks {VERSION})")
+    return Header(code, request_id, count, body_len)
+
+
+# -- request bodies ---------------------------------------------------------------------
+
+
+def keys_body(keys: list[bytes]) -> bytes:
+    for k in keys:
+        if len(k) != KEY_SIZE:
+            raise ValueError(f"a block key is {KEY_SIZE} bytes, got {len(k)}")
+    return b"".join(keys)
+
+
+def split_keys(body: memoryview, count: int) -> list[bytes]:
+    if len(body) != count * KEY_SIZE:
+        raise FrameError(f"{count} keys need {count * KEY_SIZE} B of body, got {len(body)}")
+    raw = bytes(body)
+    return [raw[i : i + KEY_SIZE] for i in range(0, len(raw), KEY_SIZE)]
+
+
+def put_buffers(entries: list[tuple[bytes, bytes, int, object]]) -> list:
+    """The body of a PUT as buffers to send without joining: the entry table, then each
+    payload as it is. ``entries`` are ``(key, parent, depth, payload)``."""
+    table = bytearray()
+    views = []
+    for key, parent, depth, payload in entries:
+        view = memoryview(payload).cast("B")
+        if len(key) != KEY_SIZE or len(parent) != KEY_SIZE:
+            raise ValueError(f"keys and parents are {KEY_SIZE} bytes")
+        table += PUT_ENTRY.pack(key, parent, depth, view.nbytes)
+        views.append(view)
+    return [table, *views]
+
+
+@dataclass(frozen=True, slots=True)
+class PutEntry:
+    key: bytes
+    parent: bytes
+    depth: int
+    payload: memoryview
+
+
+def split_put(body: memoryview, count: int) -> list[PutEntry]:
+    """The entries of a PUT body; payloads are views into ``body`` (no copy)."""
+    table_len = count * PUT_ENTRY.size
+    if len(body) < table_len:
+        raise FrameError(f"{count} put entries need {table_len} B of table, body has {len(body)}")
+    entries, offset = [], table_len
+    for i in range(count):
+        key, parent, depth, size = PUT_ENTRY.unpack_from(body, i * PUT_ENTRY.size)
+        if size == 0 or offset + size > len(body):
+            raise FrameError(f"put entry {i} claims {size} B of payload; the body does not hold it")
+        entries.append(PutEntry(key, parent, depth, body[offset : offset + size]))
+        offset += size
+    if offset != len(body):
+        raise FrameError(f"put body has {len(body) - offset} B past its last payload")
+    return entries
+
+
+def pin_body(keys: list[bytes], tier: str | None, ttl: float | None) -> bytes:
+    name = (tier or "").encode()
+    if len(name) > 255:
+        raise ValueError("a tier name is at most 255 bytes")
+    return PIN_PREFIX.pack(ttl or 0.0, len(name)) + name + keys_body(keys)
+
+
+def split_pin(body: memoryview, count: int) -> tuple[list[bytes], str | None, float | None]:
+    if len(body) < PIN_PREFIX.size:
+        raise FrameError("pin body is shorter than its prefix")
+    ttl, name_len = PIN_PREFIX.unpack_from(body)
+    start = PIN_PREFIX.size + name_len
+    if len(body) < start:
+        raise FrameError("pin body is shorter than its tier name")
+    tier = bytes(body[PIN_PREFIX.size : start]).decode(errors="replace") or None
+    if not np.isfinite(ttl) or ttl < 0:
+        raise FrameError(f"pin ttl must be a finite number >= 0, got {ttl}")
+    return split_keys(body[start:], count), tier, (ttl or None)
+
+
+# -- reply bodies -----------------------------------------------------------------------
+
+
+def lookup_body(tier_ids: list[int], tier_names: list[str]) -> bytes:
+    """``count`` tier indices (one byte each), then the tier names, comma-separated."""
+    return bytes(tier_ids) + ",".join(tier_names).encode()
+
+
+def parse_lookup(body, count: int) -> list[str]:
+    names = bytes(body[count:]).decode().split(",")
+    return [names[i] for i in bytes(body[:count])]
+
+
+def get_buffers(payloads: list) -> list:
+    """The body of a GET reply: one int64 size per key (``MISSING`` for a miss), then the
+    payloads of the hits, each sent as it is."""
+    sizes = np.array([MISSING if p is None else len(p) for p in payloads], dtype="<i8")
+    return [sizes.tobytes(), *(p for p in payloads if p is not None)]
+
+
+def parse_get(body: memoryview, count: int) -> list[memoryview | None]:
+    """Payloads of a GET reply as views into ``body`` (``None`` for a miss)."""
+    sizes = np.frombuffer(body, dtype="<i8", count=count)
+    out: list[memoryview | None] = []
+    offset = count * 8
+    for size in sizes.tolist():
+        if size == MISSING:
+            out.append(None)
+            continue
+        if size < 0 or offset + size > len(body):
+            raise FrameError(f"get reply claims a payload of {size} B past its body")
+        out.append(body[offset : offset + size])
+        offset += size
+    return out
+
+
+def body_size(buffers: list) -> int:
+    return sum(memoryview(b).nbytes for b in buffers)

@@ -1,0 +1,76 @@
+"""The running service: store, data-plane server and REST server, started and stopped
+together.
+
+Signals are handled here, in the main thread: SIGTERM or SIGINT stops the listeners, lets
+the data plane finish what is in flight, stops the REST server, then persists the store
+(volatile blocks copied to flash, LMDB synced) and closes it. uvicorn runs in a thread of
+its own so its signal handling stays out of the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import uvicorn
+
+from cacheserver.config import ServeConfig
+from cacheserver.dataplane import DataPlane, Limits
+from cacheserver.dataserver import DataServer, tcp_listener, unix_listener
+from cacheserver.memory import keep_freed_buffers
+from cacheserver.rest import create_app
+from cacheserver.tiers_from_config import build_store
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        keep_freed_buffers()
+        self.store = build_store(config)
+        self.plane = DataPlane(self.store, Limits(config.max_frame_bytes, config.max_batch))
+        listeners = []
+        if config.data_port:
+            listeners.append(tcp_listener(config.host, config.data_port))
+        if config.unix_socket:
+            listeners.append(unix_listener(config.unix_socket))
+        self.data_server = DataServer(self.plane, listeners)
+        app = create_app(self.store, config, self.plane.counters)
+        self.rest = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
+                                                  log_level="warning", lifespan="off"))
+        self._rest_thread = threading.Thread(target=self.rest.run, name="kvtier-rest", daemon=True)
+        self._stop = threading.Event()
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; returns the exit status."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.data_server.start()
+        self._rest_thread.start()
+        self._announce()
+        while not self._stop.wait(0.5):
+            if not self._rest_thread.is_alive():
+                log.error("the REST server stopped on its own (is port %d free?)", self.config.port)
+                self.shutdown()
+                return 1
+        self.shutdown()
+        return 0
+
+    def _announce(self) -> None:
+        c = self.config
+        print(f"kvtier serve: REST admin API on http://{c.host}:{c.port} (docs at /docs)", flush=True)
+        if c.data_port:
+            print(f"kvtier serve: data plane on kvtier://{c.host}:{c.data_port}", flush=True)
+        if c.unix_socket:
+            print(f"kvtier serve: data plane on unix://{c.unix_socket}", flush=True)
+        print(f"kvtier serve: tiers {self.store.tier_names}, {len(self.store)} blocks from flash", flush=True)
+
+    def shutdown(self) -> None:
+        log.info("kvtier serve: stopping")
+        self.data_server.stop()
+        self.rest.should_exit = True
+        self._rest_thread.join(10)
+        self.store.close(persist=True)
+        print("kvtier serve: stopped; store persisted", flush=True)

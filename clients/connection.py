@@ -1,0 +1,110 @@
+"""One blocking connection to the data plane, with a deadline per exchange.
+
+``exchange`` writes every request of a plan back to back (pipelined: one round trip for
+many batches), then reads the replies in order. Reply bodies are received straight into a
+fresh uninitialised buffer (``recv_into``), and payloads are handed out as views of it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+
+from cacheserver import protocol as p
+from cacheserver.framing import PeerClosed, send_buffers, tune
+from clients.calls import Plan, Request, check_reply
+from clients.url import Address
+
+
+def open_socket(address: Address, timeout: float) -> socket.socket:
+    if address.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address.path)
+    else:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    tune(sock)
+    return sock
+
+
+class Connection:
+    def __init__(self, address: Address, timeout: float):
+        self.sock = open_socket(address, timeout)
+        self._next_id = 1
+        self._header = bytearray(p.HEADER_SIZE)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def get_into(self, request: Request, outs, timeout: float) -> list[int | None]:
+        """One GET whose payloads land in the caller's buffers; sizes, ``None`` for misses."""
+        deadline = time.monotonic() + timeout
+        request_id = self._next_id
+        self._next_id = (request_id + 1) & 0xFFFFFFFF
+        self.sock.settimeout(timeout)
+        self.bytes_sent += send_buffers(self.sock, request.frame(request_id))
+        self._recv(memoryview(self._header), deadline)
+        header = p.unpack_header(self._header)
+        if header.code != p.Status.OK or header.request_id != request_id:
+            body = bytearray(min(header.body_len, 1 << 16))
+            self._recv(memoryview(body), deadline)
+            check_reply(header, body)
+            raise p.FrameError(f"reply {header.request_id} out of order (expected {request_id})")
+        sizes = np.empty(request.count, dtype="<i8")
+        self._recv(memoryview(sizes).cast("B"), deadline)
+        out: list[int | None] = []
+        for buf, size in zip(outs, sizes.tolist(), strict=True):
+            if size == p.MISSING:
+                out.append(None)
+                continue
+            view = memoryview(buf).cast("B")
+            if size > view.nbytes:  # the rest of the reply cannot be read: drop the connection
+                raise p.FrameError(f"a {size} B block does not fit its {view.nbytes} B buffer")
+            self._recv(view[:size], deadline)
+            out.append(size)
+        self.bytes_received += p.HEADER_SIZE + header.body_len
+        return out
+
+    def exchange(self, plan: Plan, timeout: float):
+        """The merged result of the plan's replies; raises ``TimeoutError``, ``OSError``
+        (connection trouble), ``FrameError`` or ``ServerError``."""
+        deadline = time.monotonic() + timeout
+        first = self._next_id
+        buffers = []
+        for i, req in enumerate(plan.requests):
+            buffers += req.frame(first + i)
+        self._next_id = (first + len(plan.requests)) & 0xFFFFFFFF
+        self.sock.settimeout(timeout)
+        self.bytes_sent += send_buffers(self.sock, buffers)
+        parts = []
+        for i in range(len(plan.requests)):
+            header, body = self._read_reply(deadline)
+            if header.request_id != (first + i) & 0xFFFFFFFF:
+                raise p.FrameError(f"reply {header.request_id} out of order (expected {first + i})")
+            check_reply(header, body)
+            parts.append(plan.parse(header.count, body))
+        return plan.merge(parts)
+
+    def _read_reply(self, deadline: float) -> tuple[p.Header, memoryview]:
+        self._recv(memoryview(self._header), deadline)
+        header = p.unpack_header(self._header)
+        body = memoryview(np.empty(header.body_len, dtype=np.uint8)).cast("B")
+        self._recv(body, deadline)
+        self.bytes_received += p.HEADER_SIZE + header.body_len
+        return header, body
+
+    def _recv(self, view: memoryview, deadline: float) -> None:
+        done = 0
+        while done < len(view):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("cache service did not answer in time")
+            self.sock.settimeout(remaining)
+            n = self.sock.recv_into(view[done:])
+            if n == 0:
+                raise PeerClosed("cache service closed the connection")
+            done += n

@@ -1,0 +1,57 @@
+import pytest
+
+from cacheserver import protocol as p
+
+
+def test_header_round_trip():
+    h = p.Header(p.Op.GET, 7, 16, 256)
+    assert p.unpack_header(h.pack()) == h
+    assert len(h.pack()) == p.HEADER_SIZE == 20
+
+
+@pytest.mark.parametrize("raw", [b"XX" + bytes(18), b"KV\x09" + bytes(17)])
+def test_bad_magic_or_version_is_a_frame_error(raw):
+    with pytest.raises(p.FrameError):
+        p.unpack_header(raw)
+
+
+def test_put_body_round_trip_keeps_payloads_as_views():
+    entries = [(b"a" * 16, b"r" * 16, 0, b"x" * 10), (b"b" * 16, b"a" * 16, 1, b"yy")]
+    body = memoryview(b"".join(bytes(b) for b in p.put_buffers(entries)))
+    got = p.split_put(body, 2)
+    assert [(e.key, e.parent, e.depth, bytes(e.payload)) for e in got] == entries
+    assert isinstance(got[0].payload, memoryview)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 60])
+def test_truncated_put_body_is_a_frame_error(cut):
+    body = b"".join(bytes(b) for b in p.put_buffers([(b"a" * 16, b"r" * 16, 0, b"x" * 10)]))
+    with pytest.raises(p.FrameError):
+        p.split_put(memoryview(body[:-cut]), 1)
+
+
+def test_put_body_with_trailing_bytes_is_a_frame_error():
+    body = b"".join(bytes(b) for b in p.put_buffers([(b"a" * 16, b"r" * 16, 0, b"x")])) + b"!"
+    with pytest.raises(p.FrameError):
+        p.split_put(memoryview(body), 1)
+
+
+def test_get_reply_round_trip_with_a_miss():
+    body = memoryview(b"".join(bytes(b) for b in p.get_buffers([b"abc", None, b"d"])))
+    assert [None if v is None else bytes(v) for v in p.parse_get(body, 3)] == [b"abc", None, b"d"]
+
+
+def test_lookup_reply_names_tiers():
+    body = p.lookup_body([0, 1], ["dram", "flash"])
+    assert p.parse_lookup(body, 2) == ["dram", "flash"]
+
+
+def test_keys_body_length_must_match_count():
+    with pytest.raises(p.FrameError):
+        p.split_keys(memoryview(b"k" * 17), 1)
+
+
+def test_pin_body_round_trip():
+    keys, tier, ttl = p.split_pin(memoryview(p.pin_body([b"k" * 16], "dram", 5.0)), 1)
+    assert (keys, tier, ttl) == ([b"k" * 16], "dram", 5.0)
+    assert p.split_pin(memoryview(p.pin_body([b"k" * 16], None, None)), 1)[1:] == (None, None)
