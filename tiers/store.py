@@ -74,7 +74,8 @@ class StoreCounters:
     dropped: int = 0  # evicted from the last tier holding them
     stranded: int = 0  # dropped while they still had children
     checksum_failures: int = 0
-    rejected_full: int = 0  # puts refused because every tier was full of pinned blocks
+    rejected_full: int = 0  # blocks refused because pinned blocks left no room
+    oversize: int = 0  # blocks not stored because their own batch outgrew the store
 
 
 @dataclass
@@ -302,9 +303,10 @@ class TieredStore:
     def put(self, blocks: Sequence[Block]) -> int:
         """Store new blocks (present ones are only touched); returns how many were new.
 
-        Every block is validated before anything changes. Raises ``StoreFullError`` when
-        some block fits in no tier because every block that could make room is pinned;
-        the blocks that did fit stay stored.
+        Every block is validated before anything changes. A batch never evicts its own
+        blocks: when it is larger than the store, its head is stored and the rest counted
+        (``oversize``). Raises ``StoreFullError`` when pinned blocks leave no room for some
+        block; the blocks that did fit stay stored.
         """
         for b in blocks:
             _check_block(b)
@@ -346,13 +348,16 @@ class TieredStore:
                 else:
                     del self._index[b.key]
             self._touch_chain(touched)
-            if homeless:
+            if homeless and any(s.pinned for s in self._tiers):
                 self.counters.rejected_full += len(homeless)
                 raise StoreFullError(
-                    f"{len(homeless)} of {len(blocks)} blocks were not stored: every tier is "
-                    "full of pinned blocks; unpin some or add capacity"
+                    f"{len(homeless)} of {len(blocks)} blocks were not stored: the tiers are full "
+                    "of pinned blocks and of this batch's own blocks; unpin some or add capacity"
                 )
-            return len(new)
+            # Otherwise the batch alone is larger than the store: its head is kept (a prefix
+            # is what can be reused), the rest is counted, as a cache drops what cannot fit.
+            self.counters.oversize += len(homeless)
+            return len(new) - len(homeless)
 
     def _place(self, t: int, blocks: list[Block]) -> list[bytes]:
         """Write ``blocks`` into tier ``t`` after making room; returns the keys placed.

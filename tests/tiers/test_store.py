@@ -305,3 +305,11 @@ def test_put_never_evicts_blocks_of_its_own_batch(make_store):
     assert [blk.key in store for blk in blocks] == [True, True, False, False]
     assert store.get(keys_of(blocks[:2])) == [blk.payload for blk in blocks[:2]]
     assert store.get([a.key, b.key]) == [a.payload, b.payload]
+
+
+def test_a_batch_larger_than_the_store_keeps_its_head(make_store):
+    store = make_store(dram=3)
+    blocks = chain("long", 5)
+    assert store.put(blocks) == 3
+    assert store.lookup(keys_of(blocks)) == ["dram"] * 3
+    assert store.stats()["oversize"] == 2

@@ -1,0 +1,150 @@
+"""Seeded synthetic workloads, named ``synthetic:NAME`` on the command line.
+
+Every workload is a list of ``Request`` s (arrival time, prefix-block ids) drawn from a
+``random.Random(seed)``: the same seed and size give the same trace in every process.
+Ids come from ``PrefixIds``, which names a block by its parent and its content, so the same
+content after the same prefix gets the same id and anything else gets a new one, exactly
+like the store's chained keys.
+
+- ``system-prompts``: single-turn requests; a shared system prompt (Zipf popularity,
+  2-16 blocks) then a unique user part.
+- ``chat``: multi-turn sessions; each turn re-sends the whole history plus the last answer
+  and a new question, after a think time (exponential, mean 60 s); sessions last a
+  geometric number of turns (mean 4).
+- ``rag``: a system prompt, then three documents from a shared pool (Zipf), then the
+  question; prefixes are shared only as far as the leading documents agree.
+- ``agent``: agent loops; a long tool-description prompt per agent type, then 5-40 steps a
+  few seconds apart, each appending a tool result, so contexts grow long.
+- ``mix``: all four at once, each at a quarter of the rate, in one id space.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from benchmarks.traces import Request
+
+DEFAULT_REQUESTS = 4000
+_SESSION_RATE = 1.0  # new sessions (or single requests) per second
+_THINK_S = 60.0
+
+
+@dataclass
+class PrefixIds:
+    """Prefix-block ids: ``child(parent, content)`` is the same id for the same pair.
+
+    The dict makes naming O(1); ``fresh`` content (a unique user message) skips it.
+    """
+
+    _ids: dict[tuple[int, Hashable], int] = field(default_factory=dict)
+    _next: itertools.count = field(default_factory=itertools.count)
+
+    def child(self, parent: int, content: Hashable) -> int:
+        key = (parent, content)
+        i = self._ids.get(key)
+        if i is None:
+            i = self._ids[key] = next(self._next)
+        return i
+
+    def fresh(self) -> int:
+        return next(self._next)
+
+    def chain(self, parent_ids: list[int], contents: list[Hashable]) -> list[int]:
+        """``parent_ids`` extended by one block per content."""
+        out = list(parent_ids)
+        for c in contents:
+            out.append(self.child(out[-1] if out else -1, c))
+        return out
+
+    def extend_fresh(self, parent_ids: list[int], n: int) -> list[int]:
+        return [*parent_ids, *(self.fresh() for _ in range(n))]
+
+
+def zipf_sampler(rng: random.Random, n: int, alpha: float = 1.0) -> Callable[[], int]:
+    """Draws 0..n-1 with probability proportional to 1/(rank+1)**alpha."""
+    weights = list(itertools.accumulate(1 / (r + 1) ** alpha for r in range(n)))
+    return lambda: rng.choices(range(n), cum_weights=weights)[0]
+
+
+def _prompts(ids: PrefixIds, rng: random.Random, tag: str, n: int, sizes: tuple[int, int]) -> list[list[int]]:
+    """``n`` shared prompts of ``sizes`` (min, max) blocks each."""
+    return [ids.chain([], [(tag, p, b) for b in range(rng.randint(*sizes))]) for p in range(n)]
+
+
+def system_prompts(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
+    prompts = _prompts(ids, rng, "sys", 200, (2, 16))
+    pick, t, out = zipf_sampler(rng, len(prompts)), 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(Request(int(t * 1000), tuple(ids.extend_fresh(prompts[pick()], rng.randint(1, 8)))))
+    return out
+
+
+def chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
+    prompts = _prompts(ids, rng, "chat-sys", 20, (1, 4))
+    pick, start, out = zipf_sampler(rng, len(prompts)), 0.0, []
+    while len(out) < n:
+        start += rng.expovariate(rate / 4)  # a session is ~4 requests
+        history, t = prompts[pick()], start
+        while True:
+            history = ids.extend_fresh(history, rng.randint(1, 4))  # last answer + question
+            out.append(Request(int(t * 1000), tuple(history)))
+            if rng.random() < 0.25 or len(out) >= n:
+                break
+            t += rng.expovariate(1 / _THINK_S)
+    return _by_time(out)
+
+
+def rag(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
+    prompts = _prompts(ids, rng, "rag-sys", 4, (2, 4))
+    sizes = [rng.randint(2, 8) for _ in range(2000)]
+    pick_doc, t, out = zipf_sampler(rng, len(sizes), 0.9), 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        blocks = list(prompts[rng.randrange(len(prompts))])
+        for doc in sorted({pick_doc() for _ in range(3)}):  # retrieved, in a stable order
+            blocks = ids.chain(blocks, [("doc", doc, b) for b in range(sizes[doc])])
+        out.append(Request(int(t * 1000), tuple(ids.extend_fresh(blocks, 1))))
+    return out
+
+
+def agent(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
+    prompts = _prompts(ids, rng, "tools", 3, (16, 32))
+    start, out = 0.0, []
+    while len(out) < n:
+        steps = rng.randint(5, 40)
+        start += rng.expovariate(rate / steps)
+        context, t = prompts[rng.randrange(len(prompts))], start
+        for _ in range(min(steps, n - len(out))):
+            context = ids.extend_fresh(context, rng.randint(1, 6))  # tool call + its result
+            out.append(Request(int(t * 1000), tuple(context)))
+            t += rng.uniform(1.0, 10.0)
+    return _by_time(out)
+
+
+def mix(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
+    parts = [g(rng, n // 4, ids, rate / 4) for g in (system_prompts, chat, rag, agent)]
+    return _by_time([r for p in parts for r in p])
+
+
+def _by_time(requests: list[Request]) -> list[Request]:
+    return sorted(requests, key=lambda r: r.timestamp_ms)  # stable: a session keeps its order
+
+
+WORKLOADS: dict[str, Callable[[random.Random, int, PrefixIds], list[Request]]] = {
+    "system-prompts": system_prompts,
+    "chat": chat,
+    "rag": rag,
+    "agent": agent,
+    "mix": mix,
+}
+
+
+def generate(name: str, seed: int = 0, num_requests: int = DEFAULT_REQUESTS) -> list[Request]:
+    """The workload ``name`` with ``num_requests`` requests, deterministic for ``seed``."""
+    if name not in WORKLOADS:
+        raise ValueError(f"synthetic workload {name!r} is unknown; choose one of {sorted(WORKLOADS)}")
+    return WORKLOADS[name](random.Random(seed), num_requests, PrefixIds())
