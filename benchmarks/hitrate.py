@@ -141,7 +141,7 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
     from tiers.policy import DEFAULT_POLICY
 
     # "default" is replayed once, under its own name, when that policy is listed too.
-    aliases = {"default": DEFAULT_POLICY} if DEFAULT_POLICY in policies else {}
+    aliases = {"default": DEFAULT_POLICY} if "default" in policies and DEFAULT_POLICY in policies else {}
     runs = [p for p in dict.fromkeys(policies) if p not in aliases]
     jobs = [("belady", f, t) for f, t in stores] + [(p, f, t) for p in runs for f, t in stores]
     ctx = multiprocessing.get_context("fork")  # workers inherit _TRACE without pickling it
