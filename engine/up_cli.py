@@ -1,0 +1,28 @@
+"""``kvtier up``: the whole stack (cache service, engine replicas, router) in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start the cache service, engine replicas and the router",
+                       description="Start the cache service, N engine replicas and the router, wait until "
+                       "all are healthy, print the URLs, and stop them all on Ctrl-C or SIGTERM.")
+    p.add_argument("--port", type=int, default=8000, help="the router's port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address everything listens on (default 127.0.0.1)")
+    p.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1)")
+    p.add_argument("--data-dir", default=".kvtier", help="state and logs (default ./.kvtier)")
+    p.add_argument("--model", help="GGUF file or Hugging Face folder (default: the bundled SmolLM2)")
+    p.add_argument("--kv-cache-gb", type=float, default=1.0, help="each replica's KV pool (default 1)")
+    p.add_argument("--dram-gb", type=float, default=2.0, help="cache service DRAM tier (default 2)")
+    p.add_argument("--flash-gb", type=float, default=8.0, help="cache service flash tier (default 8)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.stack import Stack, StackConfig, run_until_signal
+
+    config = StackConfig(args.host, args.port, args.replicas, args.data_dir, args.model, args.kv_cache_gb,
+                         args.dram_gb, args.flash_gb)
+    return run_until_signal(Stack(config))

@@ -1,0 +1,162 @@
+"""The whole stack as a user runs it: a real ``kvtier up`` (cache service, two SmolLM2
+replicas, router) on free loopback ports, driven with the official ``openai`` package."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    port = free_port()
+    data = tmp_path_factory.mktemp("stack")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "up", "--port", str(port), "--replicas", "2",
+         "--data-dir", str(data), "--kv-cache-gb", "0.25", "--dram-gb", "0.25", "--flash-gb", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "ready" in line or proc.poll() is not None:
+            break
+    if proc.poll() is not None or "ready" not in lines[-1]:
+        proc.kill()
+        pytest.fail("kvtier up did not start:\n" + "".join(lines) + proc.stdout.read())
+    while (line := proc.stdout.readline()) and "chat with" not in line:
+        lines.append(line)
+    replicas = [ln.split()[1] for ln in lines if ln.strip().startswith("engine")]
+    yield url, replicas, data
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(60) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return openai.OpenAI(base_url=stack[0] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(client, messages, salt=None, **kw):
+    extra = {"cache_salt": salt} if salt else None
+    return client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=messages, max_tokens=8,
+                                          temperature=0, extra_body=extra, **kw)
+
+
+SYSTEM = {"role": "system", "content": "You are a geography tutor. Answer in one short sentence, "
+          "naming the country and its capital, and nothing else at all."}
+
+
+def test_models_and_a_chat_completion(client):
+    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct"]
+    reply = ask(client, [SYSTEM, {"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_streamed_completion_matches_the_plain_one(client):
+    messages = [SYSTEM, {"role": "user", "content": "What is the capital of Italy?"}]
+    plain = ask(client, messages).choices[0].message.content
+    chunks = list(ask(client, messages, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+
+
+def test_second_turn_reports_cached_tokens_and_tenants_are_separate(client):
+    turn1 = [SYSTEM, {"role": "user", "content": "What is the capital of Japan?"}]
+    first = ask(client, turn1)
+    turn2 = [*turn1, {"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And of Spain?"}]
+    second = ask(client, turn2)
+    assert second.usage.prompt_tokens_details.cached_tokens > 0
+    # The same conversation from another tenant: nothing of tenant A's is served to B.
+    other = ask(client, turn2, salt="tenant-b")
+    assert other.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_conversations_stick_and_spread_within_the_bound(stack, client):
+    url = stack[0]
+    before = {r["url"]: r["requests"] for r in httpx.get(url + "/v1/router/stats").json()["replicas"]}
+    conversations = [[{"role": "system", "content": f"You are assistant number {i}."},
+                      {"role": "user", "content": "Say hi."}] for i in range(24)]
+    with ThreadPoolExecutor(24) as pool:  # all in flight at once: the load bound applies
+        list(pool.map(lambda m: ask(client, m, max_completion_tokens=2), conversations))
+    stats = httpx.get(url + "/v1/router/stats").json()["replicas"]
+    served = {r["url"]: r["requests"] - before[r["url"]] for r in stats}
+    assert sum(served.values()) == 24
+    assert min(served.values()) >= 4  # both replicas take a share
+    assert max(r["peak_in_flight"] for r in stats) <= math.ceil(1.25 * 24 / 2)
+    # A later turn of one conversation goes to the replica that served its first turn.
+    sticky = [*conversations[0], {"role": "assistant", "content": "Hi!"},
+              {"role": "user", "content": "Again."}]
+    first_owner = {r["url"]: r["requests"] for r in httpx.get(url + "/v1/router/stats").json()["replicas"]}
+    ask(client, sticky)
+    ask(client, [*sticky, {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "More."}])
+    after = {r["url"]: r["requests"] for r in httpx.get(url + "/v1/router/stats").json()["replicas"]}
+    assert sorted(after[u] - first_owner[u] for u in after) == [0, 2]
+
+
+def _pids_listening_on(port: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"engine" in argv and str(port).encode() in argv:
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_replicas_conversations_keep_being_answered(stack, client):
+    url, replicas, _ = stack
+    conversations = [[SYSTEM, {"role": "user", "content": f"Capital of country number {i}?"}]
+                     for i in range(8)]
+    victim = replicas[1]
+
+    def served_by_victim() -> int:
+        stats = httpx.get(url + "/v1/router/stats").json()["replicas"]
+        return next(r["requests"] for r in stats if r["url"] == victim)
+
+    before = served_by_victim()
+    for m in conversations:
+        ask(client, m, max_completion_tokens=1)
+    assert served_by_victim() > before  # the victim owns some of these conversations
+    for pid in _pids_listening_on(int(victim.rsplit(":", 1)[1])):
+        os.kill(pid, signal.SIGKILL)
+    for m in conversations:  # every one answered: retried on the survivor at once
+        assert ask(client, m, max_completion_tokens=1).choices[0].message.content is not None
+    stats = httpx.get(url + "/v1/router/stats").json()
+    assert stats["retries"] >= 1  # its conversations were retried on the survivor
+    assert next(r for r in stats["replicas"] if r["url"] == victim)["failures"] >= 1
