@@ -110,19 +110,30 @@ class BlockManager:
                 if block.key is None:
                     self._free.move_to_end(block_id, last=False)
 
-    def cache_full_blocks(self, seq: Sequence, start: int, end: int) -> None:
-        """Index the pages that became full of computed tokens as tokens [start, end) were computed."""
+    def cache_full_blocks(self, seq: Sequence, start: int, end: int) -> list[int]:
+        """Index the pages that became full of computed tokens as tokens [start, end) were
+        computed; returns the block positions newly indexed (what a connector may save)."""
         if not self.enable_prefix_caching:
-            return
+            return []
         first, last = start // self.block_size, end // self.block_size
         if last <= first:
-            return
+            return []
         keys = seq.block_keys(last)
+        indexed = []
         for i in range(first, last):
             block = self.blocks[seq.block_table[i]]
             if block.key is None and keys[i] not in self._index:
                 block.key = keys[i]
                 self._index[keys[i]] = block.block_id
+                indexed.append(i)
+        return indexed
+
+    def num_cached(self, keys: list[bytes]) -> int:
+        """Length of the longest prefix of ``keys`` the pool holds (a peek: counts nothing)."""
+        n = 0
+        while n < len(keys) and keys[n] in self._index:
+            n += 1
+        return n
 
     def insert_cached(self, keys: list[bytes]) -> list[int] | None:
         """Pages for blocks that arrive from outside (the cache service), indexed under ``keys``.

@@ -19,6 +19,7 @@ import torch
 from engine.block_manager import BlockManager
 from engine.checkpoint import Checkpoint
 from engine.config import EngineConfig
+from engine.connector import CacheConnector, FetchResult, SavedBlock
 from engine.dtype import resolve_dtype
 from engine.errors import EngineError, InvalidRequestError
 from engine.kv_cache import KVCache, PageLayout
@@ -48,8 +49,15 @@ def _num_blocks(config: EngineConfig, layout: PageLayout) -> int:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None):
-        """Load the model ``config.model`` names (or use ``checkpoint``) and size the KV pool."""
+    def __init__(
+        self, config: EngineConfig, checkpoint: Checkpoint | None = None,
+        connector: CacheConnector | None = None,
+    ):
+        """Load the model ``config.model`` names (or use ``checkpoint``) and size the KV pool.
+
+        With a ``connector``, requests take the blocks after their local hit from the cache
+        service before they are scheduled, and every block that fills is saved there.
+        """
         self.config = config
         self.dtype = resolve_dtype(config.dtype, config.device)
         if checkpoint is None:
@@ -74,6 +82,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv_cache)
         self.eos_token_ids = self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
         self._requests: dict[str, Sequence] = {}
+        self.connector = connector
+        self._fetching: dict[str, Sequence] = {}  # requests waiting for their cached prefix
         self._hashers: dict[str, BlockHasher] = {}
         self._ids = itertools.count()
 
@@ -123,7 +133,8 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, ids, params, self.hasher(cache_salt))
         self._requests[request_id] = seq
-        self.scheduler.add(seq)
+        if not self._start_fetch(seq):
+            self.scheduler.add(seq)
         return request_id
 
     def abort(self, request_id: str) -> bool:
@@ -131,12 +142,80 @@ class LLMEngine:
         seq = self._requests.pop(request_id, None)
         if seq is None:
             return False
+        if self._fetching.pop(request_id, None) is not None:
+            self.connector.cancel(request_id)
         self.scheduler.finish(seq)
         seq.finish("abort", self.tokenizer.decode(seq.output_token_ids) if self.tokenizer else "")
         return True
 
+    def hold_prefix(self, token_ids: list[int], cache_salt: str = "") -> int:
+        """Keep the cached full blocks of ``token_ids`` in the pool for good (a reference
+        that is never dropped, like a sequence that never ends); returns how many. For a
+        pinned system prompt: its pages are never evicted locally."""
+        hasher = self.hasher(cache_salt)
+        cached = self.block_manager.find_cached(hasher.keys(token_ids))
+        holder = Sequence(f"held-{next(self._ids)}", token_ids, SamplingParams(max_tokens=1), hasher)
+        if not cached or not self.block_manager.allocate_slots(holder, 0, cached):
+            return 0
+        return len(cached)
+
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self._fetching)
+
+    # -- the cache service (through the connector) --------------------------------------
+
+    def _start_fetch(self, seq: Sequence) -> bool:
+        """Ask the cache service for the blocks after the local hit; True if a fetch started
+        (the request is queued when it completes)."""
+        if self.connector is None:
+            return False
+        # As admission does: the last prompt token is always computed, for its logits.
+        keys = seq.block_keys((seq.num_tokens - 1) // self.config.block_size)
+        local = self.block_manager.num_cached(keys)
+        if local == len(keys):
+            return False
+        self.connector.start_fetch(seq.request_id, keys[local:])
+        self._fetching[seq.request_id] = seq
+        return True
+
+    def _receive_fetched(self) -> None:
+        for request_id, result in self.connector.completed():
+            seq = self._fetching.pop(request_id, None)
+            if seq is None:  # aborted meanwhile
+                continue
+            self._import(seq, result)
+            self.scheduler.add(seq)
+
+    def _import(self, seq: Sequence, result: FetchResult) -> None:
+        """Put fetched blocks into free pages, indexed, so admission finds them as hits. A
+        payload that does not fit a page ends the usable prefix there."""
+        keys, payloads = [], []
+        for key, payload in zip(result.keys, result.payloads, strict=False):
+            page = self.kv_cache.layout.nbytes
+            if len(payload) != page:
+                self.connector.reject(key, f"{len(payload)} B where a page holds {page}")
+                break
+            keys.append(key)
+            payloads.append(payload)
+        fresh = [self.block_manager.cached_block_id(k) is None for k in keys]
+        # Deepest first, so the prefix ends up newest on the free list and goes last.
+        block_ids = self.block_manager.insert_cached(keys[::-1])
+        if block_ids is None:  # the pool is full of running requests: prefill instead
+            self.connector.reject(keys[0] if keys else b"", "no free pages to receive the blocks")
+            return
+        for i, (key, block_id, new) in enumerate(zip(keys, block_ids[::-1], fresh, strict=True)):
+            if new:  # a page that meanwhile got this block locally keeps its own copy
+                self.kv_cache.write_page(block_id, payloads[i])
+                seq.imported[key] = result.tiers[i]
+
+    def _save(self, seq: Sequence, positions: list[int]) -> None:
+        """Hand blocks that just filled to the cache service (copied now, sent later)."""
+        keys = seq.block_keys(positions[-1] + 1)
+        self.connector.save([
+            SavedBlock(keys[i], keys[i - 1] if i else seq.hasher.root, i,
+                       self.kv_cache.read_page(seq.block_table[i]))
+            for i in positions
+        ])
 
     def score(self, prompt: Prompt) -> torch.Tensor:
         """Logits [T, vocab] float32 at every position of ``prompt`` (the next-token logits).
@@ -159,14 +238,20 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one batched forward pass; the outputs of the requests that got a new token."""
+        if self.connector is not None:
+            self._receive_fetched()
         chunks = self.scheduler.schedule()
         if not chunks:
+            if self._fetching:  # nothing to compute until a fetch lands
+                self.connector.wait(0.01)
             return []
         logits = self.runner.run(chunks)  # [B, V] for the chunks that sample
         for c in chunks:
             end = c.start + c.num_tokens
             c.seq.set_computed(end)
-            self.block_manager.cache_full_blocks(c.seq, c.start, end)
+            filled = self.block_manager.cache_full_blocks(c.seq, c.start, end)
+            if filled and self.connector is not None:
+                self._save(c.seq, filled)
         sampling = [c for c in chunks if c.samples]
         return [self._append(c, logits[i], t) for i, (c, t) in enumerate(
             zip(sampling, self._sample(sampling, logits), strict=True))]

@@ -89,12 +89,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+          by_source: dict[str, int] | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens_by_source`` (kvtier's
+    own, beside OpenAI's fields) says which cached tokens came from the replica's pool and
+    which from each tier of the cache service."""
+    details: dict[str, Any] = {"cached_tokens": cached_tokens}
+    if by_source:
+        details["cached_tokens_by_source"] = {k: v for k, v in by_source.items() if v}
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens_details": details,
     }
 
 

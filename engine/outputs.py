@@ -12,7 +12,8 @@ class RequestOutput:
     """A snapshot of one request: its tokens so far, and its text once it has finished.
 
     ``num_cached_tokens`` is how many prompt tokens the prefix cache served (OpenAI's
-    ``usage.prompt_tokens_details.cached_tokens``).
+    ``usage.prompt_tokens_details.cached_tokens``), from the local pool or, through the
+    cache connector, from the cache service (``cached_tokens_by_source``).
     """
 
     request_id: str
@@ -23,6 +24,8 @@ class RequestOutput:
     finish_reason: str | None
     num_cached_tokens: int
     logprobs: list[dict[int, float]] | None = None
+    # Where the cached tokens came from: the local pool and the cache service's tiers.
+    cached_tokens_by_source: dict[str, int] | None = None
 
     @classmethod
     def of(cls, seq: Sequence) -> RequestOutput:
@@ -35,4 +38,5 @@ class RequestOutput:
             finish_reason=seq.finish_reason,
             num_cached_tokens=seq.num_cached_tokens,
             logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+            cached_tokens_by_source=seq.cache_sources,
         )

@@ -40,6 +40,10 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache on admission
+        # Blocks the cache service supplied (key -> its tier), and on admission where the
+        # cached tokens came from: {"local": n, "dram": n, "flash": n, ...}.
+        self.imported: dict[bytes, str] = {}
+        self.cache_sources: dict[str, int] = {}
         self.num_preemptions = 0
         self.block_table: list[int] = []
         self.finish_reason: str | None = None
@@ -97,8 +101,19 @@ class Sequence:
         """Start running with the first ``num_cached_tokens`` served by the prefix cache."""
         if self.num_preemptions == 0:
             self.num_cached_tokens = num_cached_tokens
+            self.cache_sources = self._sources(num_cached_tokens)
         self.num_computed_tokens = num_cached_tokens
         self.status = SequenceStatus.RUNNING
+
+    def _sources(self, num_cached_tokens: int) -> dict[str, int]:
+        bs = self.hasher.block_size
+        sources = {"local": num_cached_tokens}
+        for key in self.block_keys(num_cached_tokens // bs) if self.imported else ():
+            tier = self.imported.get(key)
+            if tier is not None:
+                sources[tier] = sources.get(tier, 0) + bs
+                sources["local"] -= bs
+        return sources
 
     def preempt(self) -> None:
         """Back to waiting; every token will be computed again."""

@@ -135,7 +135,9 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(service.metrics.render(engine.num_running, engine.num_waiting),
+        connector = engine.engine.connector
+        stats = connector.stats.as_dict() if connector is not None else None
+        return Response(service.metrics.render(engine.num_running, engine.num_waiting, stats),
                         media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -160,7 +162,8 @@ async def _respond(service: ChatService, request: Request, req: api._Common, *, 
         last = out
     if not last.finished:  # the client went away
         return Response(status_code=499)
-    usage = api.usage(len(last.prompt_token_ids), len(last.token_ids), last.num_cached_tokens)
+    usage = api.usage(len(last.prompt_token_ids), len(last.token_ids), last.num_cached_tokens,
+                      last.cached_tokens_by_source)
     model = service.config.model_name
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": last.text}, "logprobs": None,
@@ -207,6 +210,6 @@ async def _sse(service: ChatService, outputs: AsyncIterator[RequestOutput], firs
     if include_usage:
         body = chunk("", None) | {"choices": [],
                                   "usage": api.usage(len(out.prompt_token_ids), len(out.token_ids),
-                                                     out.num_cached_tokens)}
+                                                     out.num_cached_tokens, out.cached_tokens_by_source)}
         yield event(body)
     yield b"data: [DONE]\n\n"

@@ -24,6 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256,
                    help="max_tokens when a request gives none (default 256)")
+    p.add_argument("--cache-url", help="the cache service's data plane (kvtier://HOST:PORT or "
+                   "unix:///PATH); without it only the local prefix cache is used")
+    p.add_argument("--cache-timeout", type=float, default=2.0,
+                   help="the longest a request waits for its cached prefix, in seconds (default 2)")
+    p.add_argument("--pin-system-prompt", metavar="FILE",
+                   help="prefill this system prompt at start and pin its blocks (locally and in the service)")
+    p.add_argument("--pin-tier", help="service tier to pin it in (default: the service's top tier)")
     p.set_defaults(func=run)
 
 
@@ -47,10 +54,21 @@ def run(args: argparse.Namespace) -> int:
                           kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens,
                           max_model_len=args.max_model_len)
-    engine = LLMEngine(config)
+    connector = None
+    if args.cache_url:
+        from engine.connector import CacheConnector, ConnectorConfig
+
+        connector = CacheConnector(ConnectorConfig(args.cache_url, fetch_timeout_s=args.cache_timeout))
+    engine = LLMEngine(config, connector=connector)
+    if args.pin_system_prompt:
+        from engine.pinning import pin_system_prompt
+
+        done = pin_system_prompt(engine, Path(args.pin_system_prompt).read_text(), args.pin_tier)
+        print(f"kvtier engine: pinned the system prompt: {done}", flush=True)
     name = args.served_model_name or model_name(path)
     app = create_app(AsyncEngine(engine), ServerConfig(name, args.default_max_tokens))
-    print(f"kvtier engine: {name} ({engine.dtype}, model_id {engine.model_id}) on "
-          f"http://{args.host}:{args.port}/v1", flush=True)
+    cache = f", cache service {args.cache_url}" if args.cache_url else ", no cache service"
+    print(f"kvtier engine: {name} ({engine.dtype}, model_id {engine.model_id}, kv_layout "
+          f"{engine.kv_layout}{cache}) on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -29,6 +29,11 @@ class ServerMetrics:
         self.running = Gauge("kvtier:num_requests_running", "Requests in the running batch", labels,
                              registry=r)
         self.waiting = Gauge("kvtier:num_requests_waiting", "Requests waiting to run", labels, registry=r)
+        # The cache connector's counters (absent without a cache service), as gauges
+        # mirroring its monotonic counts.
+        self.connector = Gauge("kvtier:cache_service", "Cache connector counters (fetched_blocks, "
+                               "fetch_timeouts, saved_blocks, save_dropped, ...)", [*labels, "counter"],
+                               registry=r)
         self.model_name = model_name
 
     def finished(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int, reason: str,
@@ -41,7 +46,12 @@ class ServerMetrics:
         self.requests.labels(m, reason or "abort").inc()
         self.e2e.labels(m).observe(e2e_s)
 
-    def render(self, running: int, waiting: int) -> bytes:
+    def render(self, running: int, waiting: int, connector: dict | None = None) -> bytes:
         self.running.labels(self.model_name).set(running)
         self.waiting.labels(self.model_name).set(waiting)
+        for name, value in (connector or {}).items():
+            if isinstance(value, int):
+                self.connector.labels(self.model_name, name).set(value)
+        for tier, value in (connector or {}).get("hits_by_tier", {}).items():
+            self.connector.labels(self.model_name, f"hit_blocks_{tier}").set(value)
         return generate_latest(self.registry)

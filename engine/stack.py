@@ -29,6 +29,7 @@ class StackConfig:
     kv_cache_gb: float = 1.0
     dram_gb: float = 2.0
     flash_gb: float = 8.0
+    pin_system_prompt: str | None = None  # a file each replica prefills and pins at start
     start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -70,9 +71,12 @@ class Stack:
         replicas = []
         for i in range(c.replicas):
             port = free_port(c.host)
-            args = ["engine", "--host", c.host, "--port", str(port), "--kv-cache-gb", str(c.kv_cache_gb)]
+            args = ["engine", "--host", c.host, "--port", str(port), "--kv-cache-gb", str(c.kv_cache_gb),
+                    "--cache-url", f"kvtier://{c.host}:{data}"]
             if c.model:
                 args += ["--model", c.model]
+            if c.pin_system_prompt:
+                args += ["--pin-system-prompt", str(Path(c.pin_system_prompt).resolve())]
             replicas.append(self._spawn(f"engine{i}", f"http://{c.host}:{port}", logs, args))
         self._wait_healthy(replicas)
         router_args = ["router", "--host", c.host, "--port", str(c.port)]

@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=1.0, help="each replica's KV pool (default 1)")
     p.add_argument("--dram-gb", type=float, default=2.0, help="cache service DRAM tier (default 2)")
     p.add_argument("--flash-gb", type=float, default=8.0, help="cache service flash tier (default 8)")
+    p.add_argument("--pin-system-prompt", metavar="FILE",
+                   help="each replica prefills this system prompt at start and pins its blocks")
     p.set_defaults(func=run)
 
 
@@ -24,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from engine.stack import Stack, StackConfig, run_until_signal
 
     config = StackConfig(args.host, args.port, args.replicas, args.data_dir, args.model, args.kv_cache_gb,
-                         args.dram_gb, args.flash_gb)
+                         args.dram_gb, args.flash_gb, args.pin_system_prompt)
     return run_until_signal(Stack(config))

@@ -1,0 +1,121 @@
+"""The engine with a real cache service: outputs never change, only where the prefix comes
+from. Tiny float32 engines (block size 4) against a real ``kvtier serve`` subprocess."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from clients.cache_client import CacheClient
+from engine.config import EngineConfig
+from engine.connector import CacheConnector, ConnectorConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from tests.engine.tiny import tiny_checkpoint
+
+GREEDY = SamplingParams(temperature=0, max_tokens=8, logprobs=0)
+PROMPT = [5, 9, 13, 2, 77, 41, 8, 8, 30, 31, 32, 60, 61, 62, 3, 4, 50, 51, 52, 53, 11, 12]  # 22 tokens
+
+
+def engine(url: str | None = None, **settings) -> LLMEngine:
+    config = {"dtype": "float32", "block_size": 4, "num_blocks": 24, "max_num_seqs": 8,
+              "max_num_batched_tokens": 64} | settings
+    connector = CacheConnector(ConnectorConfig(url, fetch_timeout_s=5)) if url else None
+    return LLMEngine(EngineConfig(**config), tiny_checkpoint(), connector)
+
+
+def run(e: LLMEngine, prompt=PROMPT, salt: str = ""):
+    out = e.generate([prompt], GREEDY, cache_salt=salt)[0]
+    if e.connector is not None:
+        assert e.connector.flush(10)
+    return out
+
+
+def logprobs(out) -> list[float]:
+    return [lp[t] for lp, t in zip(out.logprobs, out.token_ids, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return run(engine())
+
+
+def assert_same(out, ref) -> None:
+    assert out.token_ids == ref.token_ids
+    assert logprobs(out) == pytest.approx(logprobs(ref), abs=1e-4)
+
+
+def test_hits_from_dram_flash_and_the_local_pool_change_nothing(served, reference):
+    first = engine(served.data_url)
+    out = run(first)
+    assert_same(out, reference)
+    assert out.cached_tokens_by_source == {"local": 0}
+    assert first.connector.stats.saved_blocks == (len(PROMPT) + 8 - 1) // 4  # prompt and reply
+
+    fresh = engine(served.data_url)  # another engine process: only the service has the blocks
+    out = run(fresh)
+    assert_same(out, reference)
+    assert out.cached_tokens_by_source == {"local": 0, "dram": 20}  # 5 full blocks before the last token
+    assert out.num_cached_tokens == 20
+
+    out = run(fresh)  # now its own pool has them
+    assert_same(out, reference)
+    assert out.cached_tokens_by_source == {"local": 20}
+
+    served.restart()  # SIGTERM persists DRAM to flash; the new process starts with DRAM empty
+    after = engine(served.data_url)
+    out = run(after)
+    assert_same(out, reference)
+    assert out.cached_tokens_by_source == {"local": 0, "flash": 20}
+
+
+def test_turn_two_reuses_turn_ones_prompt_and_reply(served):
+    turn1 = run(engine(served.data_url))
+    history = PROMPT + turn1.token_ids
+    turn2_prompt = [*history, 70, 71, 72, 73, 74]
+    reference = run(engine(), turn2_prompt)
+    out = run(engine(served.data_url), turn2_prompt)
+    assert_same(out, reference)
+    # Every block of turn 1 whose K/V was computed (all but its last sampled token).
+    assert out.cached_tokens_by_source["dram"] == (len(history) - 1) // 4 * 4
+    assert out.num_cached_tokens > len(PROMPT)
+
+
+def test_tenants_never_share_a_block(served):
+    run(engine(served.data_url), salt="tenant-a")
+    other = run(engine(served.data_url), salt="tenant-b")
+    assert other.num_cached_tokens == 0
+    same = run(engine(served.data_url), salt="tenant-a")
+    assert same.num_cached_tokens == 20
+
+
+def test_service_killed_mid_run_every_request_completes(served, reference):
+    e = engine(served.data_url)
+    prompts = [PROMPT, [*PROMPT[:15], 1, 2, 3, 4, 5, 6], [9] * 18, list(range(40, 60))]
+    refs = engine().generate(prompts, GREEDY)
+    ids = [e.add_request(p, GREEDY) for p in prompts]
+    e.step()
+    served.proc.send_signal(signal.SIGKILL)
+    served.proc.wait()
+    final = {}
+    while len(final) < len(ids):
+        for out in e.step():
+            if out.finished:
+                final[out.request_id] = out
+    for request_id, ref in zip(ids, refs, strict=True):
+        assert_same(final[request_id], ref)
+    # And requests after the kill still work (the client fails fast and counts it).
+    assert_same(run(e), reference)
+    assert e.connector.client.counters.failures >= 1
+
+
+def test_a_bad_block_from_the_service_is_recomputed(served, reference):
+    keys = engine().hasher().keys(PROMPT)
+    client = CacheClient(served.data_url)
+    client.put([(keys[0], engine().hasher().root, 0, b"\x00" * 10)])  # not a page
+    e = engine(served.data_url)
+    out = run(e)
+    assert_same(out, reference)
+    assert out.num_cached_tokens == 0
+    assert e.connector.stats.rejected_blocks == 1
