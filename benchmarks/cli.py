@@ -16,6 +16,7 @@ BENCHMARKS = {
     "dataplane": "benchmarks.dataplane",
     "engine": "benchmarks.engine",
     "hitrate": "benchmarks.hitrate",
+    "ttft": "benchmarks.ttft",
 }
 
 
