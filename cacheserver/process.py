@@ -31,7 +31,8 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     data_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
-    output: str = ""
+    output: str = ""  # its log, read when it stops
+    exit_code: int | None = None
 
     @property
     def rest_url(self) -> str:
@@ -60,13 +61,16 @@ class ServiceProcess:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
+        """Until the REST API answers and, when configured, the Unix socket exists."""
+        socket_path = self.settings.get("unix_socket")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 output = self.log_path.read_text(errors="replace")[-4000:]
                 raise RuntimeError(f"kvtier serve exited with {self.proc.returncode}:\n{output}")
             try:
-                if httpx.get(self.rest_url + "/healthz", timeout=1).status_code == 200:
+                healthy = httpx.get(self.rest_url + "/healthz", timeout=1).status_code == 200
+                if healthy and (not socket_path or os.path.exists(socket_path)):
                     return
             except httpx.HTTPError:
                 pass
@@ -77,7 +81,7 @@ class ServiceProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Stop it (SIGTERM: a clean shutdown that persists DRAM to flash); its exit status."""
         if self.proc is None:
-            return None
+            return self.exit_code
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -85,10 +89,10 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        code = self.proc.returncode
+        self.exit_code = self.proc.returncode
         self.output = self.log_path.read_text(errors="replace")
         self.proc = None
-        return code
+        return self.exit_code
 
     def restart(self) -> ServiceProcess:
         self.stop()
