@@ -67,6 +67,7 @@ class SlabTier(Tier):
         self._flat = torch.zeros(num_pages * page_size, dtype=torch.uint8, device=self.device,
                                  pin_memory=self.pinned_memory)
         self._host = None if on_gpu else self._flat.numpy()
+        self._host_view = None if on_gpu else memoryview(self._host)
         self._free = list(range(num_pages - 1, -1, -1))  # a stack: pop gives the lowest page
         self._blocks: dict[bytes, tuple[int, list[tuple[int, int]]]] = {}  # key -> (size, runs)
 
@@ -98,6 +99,24 @@ class SlabTier(Tier):
         size, runs = entry
         self._gather(size, runs, np.frombuffer(out, dtype=np.uint8, count=size))
         return size
+
+    def read_many_into(self, keys: list[bytes], dests: list[memoryview]) -> list[int]:
+        """The batch in one loop; a block in one run (nearly all) is one memoryview copy."""
+        sizes = []
+        host = self._host_view
+        for key, dest in zip(keys, dests, strict=True):
+            entry = self._blocks.get(key)
+            if entry is None:
+                sizes.append(-1)
+                continue
+            size, runs = entry
+            if host is not None and len(runs) == 1:
+                start = runs[0][0] * self.page_size
+                dest[:size] = host[start : start + size]
+            else:
+                self._gather(size, runs, np.frombuffer(dest, dtype=np.uint8, count=size))
+            sizes.append(size)
+        return sizes
 
     def _gather(self, size: int, runs: list[tuple[int, int]], out: np.ndarray) -> np.ndarray:
         """Copy a block's runs, in order, into ``out`` (host memory)."""
