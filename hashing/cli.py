@@ -15,7 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--tokens", help="comma-separated token ids, e.g. 1,2,3")
-    src.add_argument("--text", help="text to tokenise with the model's tokenizer")
+    src.add_argument("--text", help="text to tokenise with the default model's tokenizer")
+    src.add_argument("--system-prompt", metavar="TEXT",
+                     help="a system prompt, rendered with the default model's chat template as a chat "
+                     "opening with it (what `kvtier engine --pin-system-prompt` pins)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per block (default 16)")
     p.add_argument("--salt", default="", help="tenant salt (the request's cache_salt)")
     p.add_argument("--model-id", default="", help="model fingerprint the engine reports")
@@ -37,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from hashing.keys import BlockHasher, Namespace
 
     namespace = Namespace(args.model_id, args.kv_layout, args.adapter_id, args.salt)
-    if args.text is not None:
+    if args.text is not None or args.system_prompt is not None:
         from engine.tokenizer import default_tokenizer_for_keys
 
-        tokens, model_id, kv_layout = default_tokenizer_for_keys(args.text)
+        system = args.system_prompt is not None
+        tokens, model_id, kv_layout = default_tokenizer_for_keys(args.system_prompt if system else args.text,
+                                                                 as_system_prompt=system)
         namespace = Namespace(args.model_id or model_id, args.kv_layout or kv_layout,
                               args.adapter_id, args.salt)
     else:
