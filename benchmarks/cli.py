@@ -17,14 +17,17 @@ BENCHMARKS = {
     "engine": "benchmarks.engine",
     "hitrate": "benchmarks.hitrate",
     "ttft": "benchmarks.ttft",
+    "router": "benchmarks.router",
+    "soak": "benchmarks.soak",
 }
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0])
+    p = sub.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0].replace("``", ""))
     benches = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, module in BENCHMARKS.items():
         mod = importlib.import_module(module)
-        bp = benches.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        summary = (mod.__doc__ or "").strip().splitlines()[0].replace("``", "")
+        bp = benches.add_parser(name, help=summary, description=summary)
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)

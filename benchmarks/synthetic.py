@@ -16,6 +16,11 @@ like the store's chained keys.
 - ``agent``: agent loops; a long tool-description prompt per agent type, then 5-40 steps a
   few seconds apart, each appending a tool result, so contexts grow long.
 - ``mix``: all four at once, each at a quarter of the rate, in one id space.
+- ``tenant-chat``: multi-tenant chat; ``chat`` sessions, each under one of ``tenants``
+  tenants (Zipf popularity), every tenant with its own system prompt of
+  ``TENANT_PROMPT_BLOCKS`` blocks, salted so no two tenants share a block; answers are
+  50-500 tokens. Block ``TENANT_PROMPT_BLOCKS`` of a request, the first of its first user
+  turn, names its conversation: the router's key.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from benchmarks.traces import Request
 DEFAULT_REQUESTS = 4000
 _SESSION_RATE = 1.0  # new sessions (or single requests) per second
 _THINK_S = 60.0
+TENANT_PROMPT_BLOCKS = 4  # fixed, so the first user turn is always at this depth
+DEFAULT_TENANTS = 100
 
 
 @dataclass
@@ -130,6 +137,24 @@ def mix(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE)
     return _by_time([r for p in parts for r in p])
 
 
+def tenant_chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE,
+                tenants: int = DEFAULT_TENANTS) -> list[Request]:
+    if tenants < 1:
+        raise ValueError(f"tenant-chat needs at least one tenant, got {tenants}")
+    prompts = [ids.chain([], [("tenant", t, b) for b in range(TENANT_PROMPT_BLOCKS)]) for t in range(tenants)]
+    pick, start, out = zipf_sampler(rng, tenants), 0.0, []
+    while len(out) < n:
+        start += rng.expovariate(rate / 4)  # a session is ~4 requests
+        history, t = prompts[pick()], start
+        while True:
+            history = ids.extend_fresh(history, rng.randint(1, 4))  # last answer + question
+            out.append(Request(int(t * 1000), tuple(history), rng.randint(50, 500)))
+            if rng.random() < 0.25 or len(out) >= n:
+                break
+            t += rng.expovariate(1 / _THINK_S)
+    return _by_time(out)
+
+
 def _by_time(requests: list[Request]) -> list[Request]:
     return sorted(requests, key=lambda r: r.timestamp_ms)  # stable: a session keeps its order
 
@@ -140,6 +165,7 @@ WORKLOADS: dict[str, Callable[[random.Random, int, PrefixIds], list[Request]]] =
     "rag": rag,
     "agent": agent,
     "mix": mix,
+    "tenant-chat": tenant_chat,
 }
 
 

@@ -14,7 +14,7 @@ import sys
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("admin", help="inspect and manage a running cache service",
-                       description=__doc__.splitlines()[0])
+                       description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--url", default=os.environ.get("KVTIER_ADMIN_URL", "http://127.0.0.1:8300"),
                    help="REST address of the service (default http://127.0.0.1:8300)")
     p.add_argument("--token", default=None, help="admin token (default: $KVTIER_ADMIN_TOKEN)")
