@@ -25,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frame-mb", type=int, help="largest data-plane frame body (default 256)")
     p.add_argument("--max-batch", type=int, help="most keys per data-plane request (default 4096)")
     p.add_argument("--max-rest-body-mb", type=int, help="largest REST request body (default 64)")
+    p.add_argument("--flash-sync", action=argparse.BooleanOptionalAction, default=None,
+                   help="durable mode: every put is written through to flash and synced before it "
+                   "is acknowledged, so it survives a crash (slower puts; default off)")
+    p.add_argument("--inject-delay-ms", type=int,
+                   help="for testing only: delay every data-plane request this long (default 0)")
     p.set_defaults(func=run)
 
 

@@ -37,6 +37,8 @@ class ServeConfig:
     max_frame_mb: int = 256  # largest data-plane frame body
     max_batch: int = 4096  # most keys in one data-plane request
     max_rest_body_mb: int = 64  # largest REST request body
+    flash_sync: bool = False  # durable: write-through to flash, LMDB synced on every commit
+    inject_delay_ms: int = 0  # testing only: every data-plane request waits this long first
 
     def __post_init__(self) -> None:
         for name in ("port", "data_port"):
@@ -52,6 +54,10 @@ class ServeConfig:
         for name in ("page_kb", "max_frame_mb", "max_batch", "max_rest_body_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.flash_sync and not self.flash_gb:
+            raise ValueError("flash_sync needs a flash tier; give --flash-gb a size")
+        if not 0 <= self.inject_delay_ms <= 60_000:
+            raise ValueError(f"inject_delay_ms must be 0-60000, got {self.inject_delay_ms}")
         from tiers.policy import make_policy
 
         make_policy(self.policy)  # ValueError naming the known policies
@@ -70,7 +76,13 @@ class ServeConfig:
         return out
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+          "off": False}
+
+
 def _coerce(name: str, kind: type, value: object, source: str):
+    if kind is bool:
+        return _coerce_bool(name, value, source)
     if isinstance(value, str) and kind is not str:
         value = value.strip()
     try:
@@ -81,8 +93,17 @@ def _coerce(name: str, kind: type, value: object, source: str):
         raise ValueError(f"{name} from {source} must be {kind.__name__}, got {value!r}") from None
 
 
+def _coerce_bool(name: str, value: object, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise ValueError(f"{name} from {source} must be true or false (1/0, yes/no), got {value!r}")
+
+
 def _types() -> dict[str, type]:
-    return {f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(ServeConfig)}
+    kinds = {"str": str, "int": int, "float": float, "bool": bool}
+    return {f.name: kinds[f.type] for f in fields(ServeConfig)}
 
 
 def from_file(path: str) -> dict:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cacheserver import protocol as p
+from cacheserver.faults import Faults
 from tiers.base import PayloadSizeError, StoreFullError, UnknownBlockError, make_block
 from tiers.store import TieredStore
 
@@ -34,6 +35,7 @@ class DataPlaneCounters:
     bytes_out: int = 0  # reply bodies
     connections: int = 0  # accepted so far
     open_connections: int = 0
+    injected_delays: int = 0  # requests held back on purpose (testing only; see ``Faults``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +55,10 @@ _ARENA_START = 4 << 20
 
 
 class DataPlane:
-    def __init__(self, store: TieredStore, limits: Limits):
+    def __init__(self, store: TieredStore, limits: Limits, faults: Faults | None = None):
         self.store = store
         self.limits = limits
+        self.faults = faults or Faults()
         self.counters = DataPlaneCounters()
         # Per-thread (the socket server runs one thread per connection, answering in order):
         # the buffer GET replies are copied into, reused from request to request.
@@ -91,6 +94,9 @@ class DataPlane:
         op = p.Op(header.code)
         self.counters.requests[op.name] += 1
         self.counters.bytes_in += len(body)
+        if self.faults.active:
+            self.counters.injected_delays += 1
+            self.faults.before_request()
         try:
             reply = self._handlers[op](header.count, body)
         except p.FrameError as e:

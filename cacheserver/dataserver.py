@@ -155,9 +155,19 @@ class Connection:
         refusal = self.plane.check(self._request)
         if refusal is not None:
             return refusal
-        size = self._request.body_len
-        if size > len(self._body):
-            self._body = bytearray(size)
-        body = memoryview(self._body)[:size]
-        recv_into_exact(self.sock, body)
-        return self.plane.handle(self._request, body)
+        return self.plane.handle(self._request, self._receive_body(self._request.body_len))
+
+    def _receive_body(self, size: int) -> memoryview:
+        """The body, in the connection's buffer. The buffer grows only as bytes arrive (at
+        most doubling each time), so a header that merely claims a large body costs no
+        memory until the body comes."""
+        done = 0
+        while done < size:
+            if done == len(self._body):
+                grown = bytearray(min(size, 2 * len(self._body)))
+                grown[:done] = self._body
+                self._body = grown
+            end = min(size, len(self._body))
+            recv_into_exact(self.sock, memoryview(self._body)[done:end])
+            done = end
+        return memoryview(self._body)[:size]

@@ -21,6 +21,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _flag(name: str, value: object) -> list[str]:
+    """``kvtier serve`` arguments for one setting; a bool is ``--name`` or ``--no-name``."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return [f"--{flag}" if value else f"--no-{flag}"]
+    return [f"--{flag}", str(value)]
+
+
 @dataclass
 class ServiceProcess:
     """``settings`` are ``kvtier serve`` flags with ``_`` (``dram_gb=1``); the flash folder
@@ -43,6 +51,10 @@ class ServiceProcess:
         return f"kvtier://127.0.0.1:{self.data_port}"
 
     @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
     def log_path(self) -> Path:
         return Path(self.folder) / "serve.log"
 
@@ -51,7 +63,7 @@ class ServiceProcess:
                 **self.settings}
         cmd = [sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "serve"]
         for name, value in args.items():
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
+            cmd += _flag(name, value)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KVTIER_")}
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # a file, not a pipe nobody reads, which could fill

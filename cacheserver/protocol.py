@@ -157,8 +157,13 @@ def lookup_body(tier_ids: list[int], tier_names: list[str]) -> bytes:
 
 
 def parse_lookup(body, count: int) -> list[str]:
-    names = bytes(body[count:]).decode().split(",")
-    return [names[i] for i in bytes(body[:count])]
+    if len(body) < count:
+        raise FrameError(f"lookup reply of {len(body)} B cannot hold {count} tier indices")
+    try:
+        names = bytes(body[count:]).decode().split(",")
+        return [names[i] for i in bytes(body[:count])]
+    except (UnicodeDecodeError, IndexError) as e:
+        raise FrameError(f"lookup reply is malformed: {e}") from None
 
 
 def get_buffers(payloads: list) -> list:
@@ -170,6 +175,8 @@ def get_buffers(payloads: list) -> list:
 
 def parse_get(body: memoryview, count: int) -> list[memoryview | None]:
     """Payloads of a GET reply as views into ``body`` (``None`` for a miss)."""
+    if len(body) < count * 8:
+        raise FrameError(f"get reply of {len(body)} B cannot hold {count} sizes")
     sizes = np.frombuffer(body, dtype="<i8", count=count)
     out: list[memoryview | None] = []
     offset = count * 8

@@ -16,6 +16,7 @@ from cacheserver.auth import AdminAuth
 from cacheserver.bodylimit import BodyLimit, read_body
 from cacheserver.config import ServeConfig
 from cacheserver.dataplane import DataPlaneCounters
+from cacheserver.health import flash_status
 from cacheserver.metrics import registry_for
 from cacheserver.schemas import BlockSelection, FlushRequest, PinRequest
 from cacheserver.selection import hasher_for, namespace_blocks, selected_keys
@@ -36,7 +37,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValueError, lambda r, e: _error(400, str(e)))
 
 
-def create_app(store: TieredStore, config: ServeConfig, plane: DataPlaneCounters) -> FastAPI:
+def create_app(store: TieredStore, config: ServeConfig, plane: DataPlaneCounters,
+               flash_problem: str = "") -> FastAPI:
+    """``flash_problem``: why the configured flash tier could not be opened (empty if it was)."""
     app = FastAPI(title="kvtier cache service", version="1", description=__doc__)
     app.add_middleware(BodyLimit, max_bytes=config.max_rest_body_mb << 20)
     _install_error_handlers(app)
@@ -53,7 +56,10 @@ def create_app(store: TieredStore, config: ServeConfig, plane: DataPlaneCounters
 
     @app.get("/v1/stats")
     def stats() -> dict:
-        return {**store.stats(), "data_plane": _plane_stats(plane)}
+        out = store.stats()
+        flash = flash_status(out["tiers"], bool(config.flash_gb), flash_problem)
+        return {**out, "flash_status": flash, "degraded": flash["state"] in ("unavailable", "degraded"),
+                "durable": config.flash_sync and not flash_problem, "data_plane": _plane_stats(plane)}
 
     @app.get("/v1/config")
     def get_config() -> dict:
@@ -140,4 +146,4 @@ def _depth_below(store: TieredStore, parent: bytes) -> int:
 def _plane_stats(plane: DataPlaneCounters) -> dict:
     return {"requests": dict(plane.requests), "errors": dict(plane.errors), "bytes_in": plane.bytes_in,
             "bytes_out": plane.bytes_out, "connections": plane.connections,
-            "open_connections": plane.open_connections}
+            "open_connections": plane.open_connections, "injected_delays": plane.injected_delays}

@@ -18,6 +18,7 @@ import uvicorn
 from cacheserver.config import ServeConfig
 from cacheserver.dataplane import DataPlane, Limits
 from cacheserver.dataserver import DataServer, tcp_listener, unix_listener
+from cacheserver.faults import Faults
 from cacheserver.memory import keep_freed_buffers
 from cacheserver.rest import create_app
 from cacheserver.tiers_from_config import build_store
@@ -29,15 +30,18 @@ class Service:
     def __init__(self, config: ServeConfig):
         self.config = config
         keep_freed_buffers()
-        self.store = build_store(config)
-        self.plane = DataPlane(self.store, Limits(config.max_frame_bytes, config.max_batch))
+        built = build_store(config)
+        self.store = built.store
+        self.flash_problem = built.flash_problem
+        faults = Faults(delay_s=config.inject_delay_ms / 1000)
+        self.plane = DataPlane(self.store, Limits(config.max_frame_bytes, config.max_batch), faults)
         listeners = []
         if config.data_port:
             listeners.append(tcp_listener(config.host, config.data_port))
         if config.unix_socket:
             listeners.append(unix_listener(config.unix_socket))
         self.data_server = DataServer(self.plane, listeners)
-        app = create_app(self.store, config, self.plane.counters)
+        app = create_app(self.store, config, self.plane.counters, self.flash_problem)
         self.rest = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
                                                   log_level="warning", lifespan="off"))
         self._rest_thread = threading.Thread(target=self.rest.run, name="kvtier-rest", daemon=True)
@@ -66,6 +70,13 @@ class Service:
         if c.unix_socket:
             print(f"kvtier serve: data plane on unix://{c.unix_socket}", flush=True)
         print(f"kvtier serve: tiers {self.store.tier_names}, {len(self.store)} blocks from flash", flush=True)
+        if c.flash_sync and not self.flash_problem:
+            print("kvtier serve: durable mode: every put is written through to flash and synced", flush=True)
+        if self.flash_problem:
+            print(f"kvtier serve: DEGRADED: {self.flash_problem}", flush=True)
+        if self.plane.faults.active:
+            print(f"kvtier serve: TESTING: every data-plane request is delayed {c.inject_delay_ms} ms",
+                  flush=True)
 
     def shutdown(self) -> None:
         log.info("kvtier serve: stopping")

@@ -1,23 +1,59 @@
-"""The tiered store a ``ServeConfig`` describes: HBM (if sized), DRAM, flash (if sized)."""
+"""The tiered store a ``ServeConfig`` describes: HBM (if sized), DRAM, flash (if sized).
+
+A flash tier that cannot be opened (folder not creatable, LMDB refuses it) does not stop
+the service: it starts without flash, logs why, and ``Built.flash_problem`` says so (the
+REST API reports it in ``/v1/stats``). In durable mode (``flash_sync``) every put is written
+through to flash, and LMDB syncs each commit, before the put is acknowledged.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
+
+import lmdb
 
 from cacheserver.config import ServeConfig
+from tiers.base import Tier
 from tiers.store import TieredStore
 
+log = logging.getLogger(__name__)
 
-def build_store(config: ServeConfig) -> TieredStore:
-    from tiers.flash import FlashTier
+
+@dataclass(frozen=True)
+class Built:
+    store: TieredStore
+    flash_problem: str = ""  # why the configured flash tier is missing; empty when it is there
+
+
+def build_store(config: ServeConfig) -> Built:
     from tiers.slab import dram_tier, hbm_tier
 
     page = config.page_kb << 10
-    tiers = []
+    tiers: list[Tier] = []
     if config.hbm_gb:
         tiers.append(hbm_tier(config.bytes_of(config.hbm_gb), page))
     if config.dram_gb:
         tiers.append(dram_tier(config.bytes_of(config.dram_gb), page))
+    problem = ""
     if config.flash_gb:
-        tiers.append(FlashTier(os.path.abspath(config.flash_dir), config.bytes_of(config.flash_gb)))
-    return TieredStore(tiers, policy=config.policy)
+        flash, problem = open_flash(config)
+        tiers += [flash] if flash is not None else []
+    if not tiers:
+        raise ValueError(f"no tier could be opened: {problem}; fix the flash folder or give --dram-gb a size")
+    write_through = config.flash_sync and not problem
+    return Built(TieredStore(tiers, policy=config.policy, write_through=write_through), problem)
+
+
+def open_flash(config: ServeConfig) -> tuple[Tier | None, str]:
+    """The flash tier, or ``None`` and the reason it could not be opened."""
+    from tiers.flash import FlashTier
+
+    path = os.path.abspath(config.flash_dir)
+    try:
+        return FlashTier(path, config.bytes_of(config.flash_gb), sync=config.flash_sync), ""
+    except (OSError, lmdb.Error) as e:
+        problem = f"flash tier at {path} could not be opened ({e}); serving from DRAM only, nothing persists"
+        log.error("kvtier serve: %s", problem)
+        return None, problem

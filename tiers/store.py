@@ -86,6 +86,7 @@ class _TierState:
     blocks: int = 0
     pinned: int = 0
     counters: TierCounters = field(default_factory=TierCounters)
+    write_problem: str = ""  # why the last write failed; empty once a write succeeds again
 
 
 class TieredStore:
@@ -400,6 +401,8 @@ class TieredStore:
             except TierWriteError as e:
                 problem = str(e)
             else:
+                if blocks:  # a write that reached the tier: it works again
+                    s.write_problem = ""
                 for b in blocks:
                     meta = self._index[b.key]
                     meta.tiers |= 1 << t
@@ -410,6 +413,7 @@ class TieredStore:
                 return True
             break
         s.counters.write_errors += len(blocks)
+        s.write_problem = problem
         log.error("%s: %d blocks not written: %s", s.tier.name, len(blocks), problem)
         return False
 
@@ -676,6 +680,7 @@ class TieredStore:
                     "used_bytes": s.used,
                     "blocks": s.blocks,
                     "pinned_blocks": s.pinned,
+                    "write_problem": s.write_problem,
                     **vars(s.counters),
                 })
             return {
