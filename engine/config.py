@@ -6,7 +6,7 @@ they need.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 
@@ -75,6 +75,10 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None: the model's context length
     enable_prefix_caching: bool = True
+    # Block keys: xxh3_128, or sha256 with a secret for mutually distrustful tenants (the
+    # secret goes into every key's root, so keys cannot be predicted without it).
+    block_hash: str = "xxh3_128"
+    hash_secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         positive = {

@@ -93,7 +93,8 @@ class LLMEngine:
         """The block hasher of a tenant: the engine's model and KV layout, salted."""
         if cache_salt not in self._hashers:
             ns = Namespace(self.model_id, self.kv_layout, "", cache_salt)
-            self._hashers[cache_salt] = BlockHasher(ns, self.config.block_size)
+            self._hashers[cache_salt] = BlockHasher(ns, self.config.block_size, self.config.block_hash,
+                                                    self.config.hash_secret)
         return self._hashers[cache_salt]
 
     def encode(self, prompt: Prompt) -> list[int]:

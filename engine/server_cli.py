@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pin-system-prompt", metavar="FILE",
                    help="prefill this system prompt at start and pin its blocks (locally and in the service)")
     p.add_argument("--pin-tier", help="service tier to pin it in (default: the service's top tier)")
+    p.add_argument("--block-hash", default="xxh3_128", choices=("xxh3_128", "sha256"),
+                   help="block key hash (sha256 with --hash-secret-file for distrustful tenants)")
+    p.add_argument("--hash-secret-file", help="file holding a secret hash seed, the same on every replica")
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,16 @@ def model_name(path: Path) -> str:
     """``SmolLM2-135M-Instruct`` from ``SmolLM2-135M-Instruct.Q4_1.gguf`` (or a folder name)."""
     name = path.name.removesuffix(".gguf")
     return re.sub(r"\.(Q\d\w*|I?Q\d\w*|F16|F32|BF16)$", "", name, flags=re.IGNORECASE)
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The secret hash seed in a file (surrounding whitespace ignored), or None."""
+    if path is None:
+        return None
+    secret = Path(path).read_bytes().strip()
+    if not secret:
+        raise ValueError(f"the hash secret file {path} is empty")
+    return secret
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     config = EngineConfig(model=str(path), dtype=args.dtype, block_size=args.block_size,
                           kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens,
-                          max_model_len=args.max_model_len)
+                          max_model_len=args.max_model_len, block_hash=args.block_hash,
+                          hash_secret=read_secret(args.hash_secret_file))
     connector = None
     if args.cache_url:
         from engine.connector import CacheConnector, ConnectorConfig

@@ -119,3 +119,15 @@ def test_a_bad_block_from_the_service_is_recomputed(served, reference):
     assert_same(out, reference)
     assert out.num_cached_tokens == 0
     assert e.connector.stats.rejected_blocks == 1
+
+
+def test_a_secret_hash_seed_changes_every_key_but_not_the_output(served, reference):
+    secret = {"block_hash": "sha256", "hash_secret": b"deployment-secret"}
+    plain_keys = engine().hasher().keys(PROMPT)
+    secret_keys = engine(**secret).hasher().keys(PROMPT)
+    assert set(plain_keys).isdisjoint(secret_keys)
+    run(engine(served.data_url, **secret))
+    out = run(engine(served.data_url, **secret))  # replicas sharing the secret share blocks
+    assert_same(out, reference)
+    assert out.cached_tokens_by_source == {"local": 0, "dram": 20}
+    assert run(engine(served.data_url)).num_cached_tokens == 0  # without it: nothing to hit
