@@ -34,7 +34,7 @@ class _AsyncConnection:
             reader, writer = await asyncio.open_connection(address.host, address.port, limit=_STREAM_LIMIT)
         return cls(reader, writer)
 
-    async def exchange(self, plan: calls.Plan, counters) -> object:
+    async def exchange(self, plan: calls.Plan, counters, max_reply_bytes: int = 1 << 30) -> object:
         first = self._next_id
         self._next_id = (first + len(plan.requests)) & 0xFFFFFFFF
         for i, req in enumerate(plan.requests):
@@ -45,6 +45,8 @@ class _AsyncConnection:
         parts = []
         for i in range(len(plan.requests)):
             header = p.unpack_header(await self.reader.readexactly(p.HEADER_SIZE))
+            if header.body_len > max_reply_bytes:
+                raise p.FrameError(f"a reply claims {header.body_len} B, over the client's limit")
             body = memoryview(await self.reader.readexactly(header.body_len))
             counters.bytes_received += p.HEADER_SIZE + header.body_len
             if header.request_id != (first + i) & 0xFFFFFFFF:
@@ -109,8 +111,8 @@ class AsyncCacheClient:
             try:
                 conn = self._idle.pop() if self._idle else await asyncio.wait_for(
                     self._connect(), self.options.connect_timeout)
-                result = await asyncio.wait_for(conn.exchange(plan, self.guard.counters),
-                                                self.options.timeout)
+                exchange = conn.exchange(plan, self.guard.counters, self.options.max_reply_bytes)
+                result = await asyncio.wait_for(exchange, self.options.timeout)
             except (OSError, asyncio.IncompleteReadError, p.FrameError, calls.ServerError) as e:
                 if conn is not None:
                     conn.close()

@@ -118,7 +118,7 @@ class CacheClient:
             return self._idle.get_nowait()
         except queue.Empty:
             self.guard.counters.connects += 1
-            return Connection(self.address, self.options.connect_timeout)
+            return Connection(self.address, self.options.connect_timeout, self.options.max_reply_bytes)
 
     def _give_back(self, conn: Connection) -> None:
         if self._idle.qsize() < self.options.pool_size:

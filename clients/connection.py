@@ -30,8 +30,9 @@ def open_socket(address: Address, timeout: float) -> socket.socket:
 
 
 class Connection:
-    def __init__(self, address: Address, timeout: float):
+    def __init__(self, address: Address, timeout: float, max_reply_bytes: int = 1 << 30):
         self.sock = open_socket(address, timeout)
+        self.max_reply_bytes = max_reply_bytes
         self._next_id = 1
         self._header = bytearray(p.HEADER_SIZE)
         self.bytes_sent = 0
@@ -92,6 +93,9 @@ class Connection:
     def _read_reply(self, deadline: float) -> tuple[p.Header, memoryview]:
         self._recv(memoryview(self._header), deadline)
         header = p.unpack_header(self._header)
+        if header.body_len > self.max_reply_bytes:
+            raise p.FrameError(f"a reply claims {header.body_len} B, over the client's limit of "
+                               f"{self.max_reply_bytes} B")
         body = memoryview(np.empty(header.body_len, dtype=np.uint8)).cast("B")
         self._recv(body, deadline)
         self.bytes_received += p.HEADER_SIZE + header.body_len

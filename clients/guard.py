@@ -27,6 +27,7 @@ class ClientOptions:
     backoff: float = 0.02  # seconds before the first retry, doubled each time
     max_batch: int = 4096  # keys per request (the server's default limit)
     max_frame_bytes: int = 256 << 20  # request body bytes (the server's default limit)
+    max_reply_bytes: int = 1 << 30  # a reply claiming more is garbage: refused, never allocated
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
 
