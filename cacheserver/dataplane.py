@@ -9,11 +9,12 @@ the GIL, which is enough for counters that only ever grow.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cacheserver import protocol as p
+from cacheserver.arenas import ArenaPool
 from cacheserver.faults import Faults
 from tiers.base import PayloadSizeError, StoreFullError, UnknownBlockError, make_block
 from tiers.store import TieredStore
@@ -44,14 +45,11 @@ class Reply:
     count: int
     buffers: list  # the body, as buffers to send one after another
     close: bool = False  # the connection closes after this reply
+    sent: Callable[[], None] | None = None  # to call once the reply is sent (frees its arena)
 
 
 def error_reply(status: p.Status, message: str) -> Reply:
     return Reply(status, 0, [message.encode()], close=status == p.Status.BAD_FRAME)
-
-
-# A connection's GET arena starts here and grows to the largest batch it has fetched.
-_ARENA_START = 4 << 20
 
 
 class DataPlane:
@@ -60,9 +58,7 @@ class DataPlane:
         self.limits = limits
         self.faults = faults or Faults()
         self.counters = DataPlaneCounters()
-        # Per-thread (the socket server runs one thread per connection, answering in order):
-        # the buffer GET replies are copied into, reused from request to request.
-        self._local = threading.local()
+        self.arenas = ArenaPool()
         self._handlers = {
             p.Op.PING: self._ping,
             p.Op.LOOKUP: self._lookup,
@@ -130,20 +126,24 @@ class DataPlane:
         return Reply(p.Status.OK, len(ids), [p.lookup_body(ids, names)])
 
     def _get(self, count: int, body: memoryview) -> Reply:
-        """Payloads are copied once, into this thread's arena (no allocation per block, and
-        memory that is already mapped and warm), and sent from there. The reply is sent
-        before this thread handles its next request, so the arena is free again by then."""
+        """Payloads are copied once, into an arena from the pool (memory already mapped, no
+        allocation per block), and sent from there; the arena goes back once the reply is
+        sent (``Reply.sent``)."""
         keys = p.split_keys(body, count)
-        arena = getattr(self._local, "arena", None) or bytearray(_ARENA_START)
+        arenas = [self.arenas.take(sum(max(0, n) for n in self.store.sizes(keys)))]
         payloads: list = []
         while True:
-            payloads += self.store.get_into(keys[len(payloads):], arena)
+            payloads += self.store.get_into(keys[len(payloads):], arenas[-1])
             if len(payloads) == len(keys):
                 break
-            # The arena is full: the rest goes into one twice as large, which is kept.
-            arena = bytearray(2 * len(arena))
-        self._local.arena = arena
-        return Reply(p.Status.OK, count, p.get_buffers(payloads))
+            # A block arrived since the sizes were read: the rest goes into another arena.
+            arenas.append(self.arenas.take(2 * arenas[-1].nbytes))
+
+        def sent() -> None:
+            for arena in arenas:
+                self.arenas.give(arena)
+
+        return Reply(p.Status.OK, count, p.get_buffers(payloads), sent=sent)
 
     def _put(self, count: int, body: memoryview) -> Reply:
         entries = p.split_put(body, count)

@@ -121,8 +121,12 @@ class Connection:
     def run(self) -> None:
         while self._next_header():
             reply = self._answer()
-            send_buffers(self.sock, [p.Header(reply.status, self._request.request_id, reply.count,
-                                              p.body_size(reply.buffers)).pack(), *reply.buffers])
+            try:
+                send_buffers(self.sock, [p.Header(reply.status, self._request.request_id, reply.count,
+                                                  p.body_size(reply.buffers)).pack(), *reply.buffers])
+            finally:
+                if reply.sent is not None:
+                    reply.sent()
             if reply.close:
                 return
 

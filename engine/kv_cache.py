@@ -80,6 +80,9 @@ class KVCache:
                 f"a page payload has {layout.nbytes} bytes for layout {layout.shape} "
                 f"{dtype_name(layout.dtype)}, got {len(payload)}"
             )
-        raw = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        writable = isinstance(payload, bytearray) or (
+            isinstance(payload, memoryview) and not payload.readonly)
+        # torch wants a writable buffer; only a read-only one (bytes) is copied first.
+        raw = torch.frombuffer(payload if writable else bytearray(payload), dtype=torch.uint8)
         page = raw.view(layout.dtype).view(layout.shape)  # [L, 2, bs, H, D]
         self.kv[:, :, block_id].copy_(page)

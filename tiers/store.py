@@ -147,6 +147,11 @@ class TieredStore:
                 out.append(self._tiers[_top(meta.tiers)].tier.name)
         return out
 
+    def sizes(self, keys: Iterable[bytes]) -> list[int]:
+        """Payload size of each key, -1 where absent (to size a buffer for ``get_into``)."""
+        with self._lock:
+            return [m.size if (m := self._index.get(k)) is not None else -1 for k in keys]
+
     def info(self, key: bytes) -> dict:
         with self._lock:
             meta = self._index.get(key)
