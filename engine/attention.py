@@ -10,9 +10,10 @@ thing the same way.
   to the longest context and masked, and one ``scaled_dot_product_attention`` call serves
   all of them, with the query heads of a KV group laid out as query rows.
 - A prefill chunk with nothing cached before it (a cold prompt) uses PyTorch's fused causal
-  kernel; one after cached tokens (a prefix hit, a later chunk) runs block by block over
-  its queries (``QUERY_BLOCK`` rows at a time), so each block only multiplies the keys it
-  can see (causal, offset by the cached tokens).
+  kernel in the dtypes where it measured faster; otherwise, and after cached tokens (a
+  prefix hit, a later chunk), it runs block by block over its queries (``QUERY_BLOCK``
+  rows at a time), so each block only multiplies the keys it can see (causal, offset by
+  the cached tokens).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ import torch
 import torch.nn.functional as F
 
 QUERY_BLOCK = 256
+# Dtypes whose cold prefill uses PyTorch's fused causal kernel. Measured end to end on this
+# project's CPU (SmolLM2, ``kvtier bench engine``, 2,048 tokens): float32 prefill went from
+# 449 to 540 tokens/s with it, bfloat16 from 1,021 down to 769, so bfloat16 keeps the
+# blocked path.
+FUSED_CAUSAL_DTYPES = (torch.float32, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     """Causal attention of a whole sequence (no cached prefix). q: [n, Hq, D]; k, v:
     [n, Hkv, D]. Returns [n, Hq, D].
 
-    PyTorch's fused kernel with ``is_causal`` (no mask tensor) beats ``prefill_attention``
-    here: measured at 2,048 tokens on this project's CPU, about 2x in bfloat16 and 6x in
-    float32. It only fits when queries and keys start together; ``is_causal`` aligns the
-    mask to the top left, which is wrong once a prefix is cached.
+    PyTorch's fused kernel with ``is_causal`` (no mask tensor). It only fits when queries
+    and keys start together: ``is_causal`` aligns the mask to the top left, which is wrong
+    once a prefix is cached.
     """
     qh, kh, vh = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, n, D]
     out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=True)
@@ -137,7 +142,7 @@ def paged_attention(
     heads, d = k_cache.shape[2:]
     for c in meta.prefills:
         rows = slice(c.q_start, c.q_start + c.q_len)
-        if c.ctx_len == c.q_len:  # nothing cached before this chunk: its own K/V are all
+        if c.ctx_len == c.q_len and q.dtype in FUSED_CAUSAL_DTYPES:  # nothing cached before
             out[rows] = causal_attention(q[rows], k[rows], v[rows])
             continue
         ctx_k = k_cache[c.block_ids].view(-1, heads, d)[: c.ctx_len]  # [S, Hkv, D]
