@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
+
+from cacheserver.process import free_port
 
 KIB = 1024
 SIZES = {"360KiB": 360 * KIB, "2MiB": 2048 * KIB}
@@ -63,12 +64,6 @@ def ensure_redis_server() -> str:
     if not os.path.exists(path):
         raise ValueError("apt-get ran but redis-server is still missing; install it by hand")
     return path
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

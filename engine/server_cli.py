@@ -43,16 +43,6 @@ def model_name(path: Path) -> str:
     return re.sub(r"\.(Q\d\w*|I?Q\d\w*|F16|F32|BF16)$", "", name, flags=re.IGNORECASE)
 
 
-def read_secret(path: str | None) -> bytes | None:
-    """The secret hash seed in a file (surrounding whitespace ignored), or None."""
-    if path is None:
-        return None
-    secret = Path(path).read_bytes().strip()
-    if not secret:
-        raise ValueError(f"the hash secret file {path} is empty")
-    return secret
-
-
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -61,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.llm_engine import LLMEngine
     from engine.loader import resolve_model_path
     from engine.server import ServerConfig, create_app
+    from hashing.keys import read_secret
 
     path = resolve_model_path(args.model)
     config = EngineConfig(model=str(path), dtype=args.dtype, block_size=args.block_size,

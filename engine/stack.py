@@ -9,7 +9,6 @@ child that dies while starting stops the whole stack with the end of its log.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from cacheserver.process import free_port
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,6 @@ class Child:
     log_path: Path
     args: list[str]
     restarts: list[float] = field(default_factory=list)  # monotonic times
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -37,7 +37,7 @@ def parse_token_list(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hashing.keys import BlockHasher, Namespace
+    from hashing.keys import BlockHasher, Namespace, read_secret
 
     namespace = Namespace(args.model_id, args.kv_layout, args.adapter_id, args.salt)
     if args.text is not None or args.system_prompt is not None:
@@ -50,11 +50,7 @@ def run(args: argparse.Namespace) -> int:
                               args.adapter_id, args.salt)
     else:
         tokens = parse_token_list(args.tokens)
-    secret = None
-    if args.secret_file:
-        with open(args.secret_file, "rb") as f:
-            secret = f.read().strip()
-    hasher = BlockHasher(namespace, args.block_size, args.hash, secret)
+    hasher = BlockHasher(namespace, args.block_size, args.hash, read_secret(args.secret_file))
     keys = hasher.keys(tokens)
     if not keys:
         print(f"no full block: {len(tokens)} tokens < block size {args.block_size}", file=sys.stderr)

@@ -58,6 +58,17 @@ class Namespace:
         return b"".join(len(f).to_bytes(4, "little") + f.encode() for f in fields)
 
 
+def read_secret(path: str | None) -> bytes | None:
+    """A deployment's secret hash seed from a file (surrounding whitespace ignored)."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        secret = f.read().strip()
+    if not secret:
+        raise ValueError(f"the hash secret file {path} is empty")
+    return secret
+
+
 def parse_key(text: str) -> bytes:
     """A key from its hex form, or ``ValueError`` saying what is wrong with it."""
     if not isinstance(text, str):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cacheserver.process import free_port
 from engine.connector import CacheConnector, ConnectorConfig, SavedBlock
 from hashing.keys import BlockHasher, Namespace
 
@@ -57,11 +58,6 @@ def test_nothing_cached_is_an_empty_result(connector):
     [(_, result)] = wait_completed(connector)
     assert result.payloads == [] and not result.timed_out
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_service_down_means_misses_and_failed_saves():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cacheserver.process import free_port
+
 openai = pytest.importorskip("openai")
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
