@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or model_name(path)
     app = create_app(AsyncEngine(engine), ServerConfig(name, args.default_max_tokens))
     cache = f", cache service {args.cache_url}" if args.cache_url else ", no cache service"
+    cache += f", block hash {config.block_hash}{' with a secret' if config.hash_secret else ''}"
     print(f"kvtier engine: {name} ({engine.dtype}, model_id {engine.model_id}, kv_layout "
           f"{engine.kv_layout}{cache}) on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -31,6 +31,8 @@ class StackConfig:
     dram_gb: float = 2.0
     flash_gb: float = 8.0
     pin_system_prompt: str | None = None  # a file each replica prefills and pins at start
+    block_hash: str = "xxh3_128"
+    hash_secret_file: str | None = None
     start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -72,6 +74,9 @@ class Stack:
                 args += ["--model", c.model]
             if c.pin_system_prompt:
                 args += ["--pin-system-prompt", str(Path(c.pin_system_prompt).resolve())]
+            args += ["--block-hash", c.block_hash]
+            if c.hash_secret_file:
+                args += ["--hash-secret-file", str(Path(c.hash_secret_file).resolve())]
             replicas.append(self._spawn(f"engine{i}", f"http://{c.host}:{port}", logs, args))
         self._wait_healthy(replicas)
         router_args = ["router", "--host", c.host, "--port", str(c.port)]

@@ -19,12 +19,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flash-gb", type=float, default=8.0, help="cache service flash tier (default 8)")
     p.add_argument("--pin-system-prompt", metavar="FILE",
                    help="each replica prefills this system prompt at start and pins its blocks")
+    p.add_argument("--block-hash", default="xxh3_128", choices=("xxh3_128", "sha256"),
+                   help="every replica's block key hash (sha256 with --hash-secret-file for "
+                   "distrustful tenants)")
+    p.add_argument("--hash-secret-file", help="secret hash seed file every replica uses")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.stack import Stack, StackConfig, run_until_signal
 
-    config = StackConfig(args.host, args.port, args.replicas, args.data_dir, args.model, args.kv_cache_gb,
-                         args.dram_gb, args.flash_gb, args.pin_system_prompt)
+    config = StackConfig(
+        host=args.host, port=args.port, replicas=args.replicas, data_dir=args.data_dir, model=args.model,
+        kv_cache_gb=args.kv_cache_gb, dram_gb=args.dram_gb, flash_gb=args.flash_gb,
+        pin_system_prompt=args.pin_system_prompt, block_hash=args.block_hash,
+        hash_secret_file=args.hash_secret_file,
+    )
     return run_until_signal(Stack(config))
