@@ -275,11 +275,9 @@ class TieredStore:
             for i, payload in zip(rows, payloads, strict=True):
                 if payload is not None:
                     out[i], served[i] = payload, t
-                else:  # the tier lost or refused its copy: forget it, lower tiers may have one
+                else:  # the tier lost or refused its copy: lower tiers may have one
                     key, meta, _ = plan[i]
-                    self._forget_in(t, key, meta)
-                    if not meta.tiers:
-                        self._drop(key, meta)
+                    self._lose_copy(t, key, meta)
 
     def _read(self, key: bytes, meta: BlockMeta, dest: memoryview | None = None):
         """``(payload, tier index)`` from the fastest tier that can produce it, dropping
@@ -298,9 +296,7 @@ class TieredStore:
                 return payload, t
             # The tier lost or refused the copy (a failed checksum): it is a miss here.
             self.counters.checksum_failures += s.tier.corrupt_reads - before
-            self._forget_in(t, key, meta)
-            if not meta.tiers:
-                self._drop(key, meta)
+            if not self._lose_copy(t, key, meta):
                 break
         return None, -1
 
@@ -494,6 +490,14 @@ class TieredStore:
             meta.pinned = -1
             s.pinned -= 1
 
+    def _lose_copy(self, t: int, key: bytes, meta: BlockMeta) -> bool:
+        """A block's copy in tier ``t`` is gone (read failure, clear): forget it there, and
+        drop the block if no tier holds it any more. True while some tier still does."""
+        self._forget_in(t, key, meta)
+        if not meta.tiers:
+            self._drop(key, meta)
+        return bool(meta.tiers)
+
     def _drop(self, key: bytes, meta: BlockMeta) -> None:
         """Remove a block that no tier holds any more from the index."""
         del self._index[key]
@@ -613,9 +617,7 @@ class TieredStore:
                     n += 1
                 elif meta.tiers >> t & 1:
                     self._tiers[t].tier.delete_many([key])
-                    self._forget_in(t, key, meta)
-                    if not meta.tiers:
-                        self._drop(key, meta)
+                    self._lose_copy(t, key, meta)
                     n += 1
             return n
 
