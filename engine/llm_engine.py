@@ -190,19 +190,21 @@ class LLMEngine:
     def _import(self, seq: Sequence, result: FetchResult) -> None:
         """Put fetched blocks into free pages, indexed, so admission finds them as hits. A
         payload that does not fit a page ends the usable prefix there."""
+        page = self.kv_cache.layout.nbytes
         keys, payloads = [], []
         for key, payload in zip(result.keys, result.payloads, strict=False):
-            page = self.kv_cache.layout.nbytes
             if len(payload) != page:
                 self.connector.reject(key, f"{len(payload)} B where a page holds {page}")
                 break
             keys.append(key)
             payloads.append(payload)
+        if not keys:
+            return
         fresh = [self.block_manager.cached_block_id(k) is None for k in keys]
         # Deepest first, so the prefix ends up newest on the free list and goes last.
         block_ids = self.block_manager.insert_cached(keys[::-1])
         if block_ids is None:  # the pool is full of running requests: prefill instead
-            self.connector.reject(keys[0] if keys else b"", "no free pages to receive the blocks")
+            self.connector.reject(keys[0], "no free pages to receive the blocks")
             return
         for i, (key, block_id, new) in enumerate(zip(keys, block_ids[::-1], fresh, strict=True)):
             if new:  # a page that meanwhile got this block locally keeps its own copy

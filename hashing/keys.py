@@ -85,13 +85,6 @@ def parse_key(text: str) -> bytes:
     return key
 
 
-def check_key(key: bytes) -> bytes:
-    """``key`` itself if it is a well-formed binary key, else ``ValueError``."""
-    if not isinstance(key, bytes | bytearray | memoryview) or len(key) != KEY_SIZE:
-        raise ValueError(f"a block key is {KEY_SIZE} bytes, got {key!r:.60}")
-    return bytes(key)
-
-
 def pack_tokens(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
     """Tokens as a little-endian uint32 array, or ``ValueError`` for ids out of range."""
     arr = np.asarray(tokens)
@@ -135,9 +128,6 @@ class BlockHasher:
         if self._secret:
             return hmac.digest(self._secret, data, "sha256")[:KEY_SIZE]
         return hashlib.sha256(data).digest()[:KEY_SIZE]
-
-    def num_full_blocks(self, num_tokens: int) -> int:
-        return num_tokens // self.block_size
 
     def keys(
         self,

@@ -8,7 +8,7 @@ goes where; it calls a tier only with blocks it has made room for.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -131,6 +131,3 @@ class Tier(ABC):
     def describe(self) -> dict:
         return {"name": self.name, "capacity_bytes": self.capacity_bytes}
 
-
-def as_list(keys: Iterable[bytes]) -> list[bytes]:
-    return keys if isinstance(keys, list) else list(keys)
