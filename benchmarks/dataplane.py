@@ -10,7 +10,11 @@ neighbour hurts them alike.
 
 ``get`` returns payloads in fresh buffers (like redis-py's MGET); ``get_into`` receives
 them into buffers the caller preallocated (as an engine's KV staging pages are), which
-compares with the memcpy line. Puts to kvtier use fresh keys every batch (each put really
+compares with the memcpy line. ``unix_*`` clients use the Unix socket's byte stream;
+``shm_*`` clients on the same socket map the service's DRAM tier and copy blocks out of it
+(the same-host path). ``bare_tcp`` and ``bare_unix`` send the batch's bytes between two
+processes over a bare socket, with no protocol and no store: the ceiling any socket
+protocol can reach on this machine. Puts to kvtier use fresh keys every batch (each put really
 stores, and DRAM evicts as it fills); puts to Redis overwrite the same keys (Redis copies
 every SET, and memory stays bounded).
 """
@@ -171,15 +175,16 @@ def key_of(*parts: object) -> bytes:
     return xxhash.xxh3_128_digest(repr(parts).encode())
 
 
-def kvtier_workers(url: str, clients: int, data: Payloads, op: str) -> tuple[list, list]:
-    """``op``: "get" (payloads in fresh buffers), "get_into" (into preallocated ones), "put"."""
+def kvtier_workers(url: str, clients: int, data: Payloads, op: str, shared: bool = False) -> tuple:
+    """``op``: "get" (payloads in fresh buffers), "get_into" (into preallocated ones), "put";
+    ``shared``: a ``unix://`` client copies blocks out of the service's shared memory."""
     from clients.cache_client import CacheClient
     from clients.guard import ClientOptions
 
     made, workers = [], []
     root = key_of("root")
     for c in range(clients):
-        client = CacheClient(url, ClientOptions(timeout=30.0))
+        client = CacheClient(url, ClientOptions(timeout=30.0, shared_memory=shared))
         made.append(client)
         keys = [key_of("get", data.size, c, i) for i in range(len(data.blocks))]
         if op.startswith("get"):
@@ -187,6 +192,8 @@ def kvtier_workers(url: str, clients: int, data: Payloads, op: str) -> tuple[lis
             client.put([(k, root, 0, b) for k, b in zip(keys, data.blocks, strict=True)])
             if client.pin(keys) != len(keys) or bytes(client.get(keys[:1])[0]) != data.blocks[0]:
                 raise RuntimeError(f"kvtier at {url} did not round-trip a block")
+            if shared and not client.counters.mapped_bytes:
+                raise RuntimeError(f"kvtier at {url} offered no shared memory")
             if op == "get":
                 workers.append(lambda client=client, keys=keys: _check_get(client.get(keys), len(keys)))
             else:
@@ -224,6 +231,58 @@ def redis_workers(port: int, clients: int, data: Payloads, op: str) -> tuple[lis
         if r.get(keys[0]) != data.blocks[0]:
             raise RuntimeError("redis did not round-trip a block")
         workers.append(put if op == "put" else lambda r=r, keys=keys: r.mget(keys))
+    return workers, made
+
+
+def _bare_sender(listener, nbytes: int) -> None:
+    """A child process that answers each 1-byte request with ``nbytes`` from one buffer,
+    a thread per connection."""
+    from cacheserver.framing import tune
+
+    payload = memoryview(bytearray(os.urandom(1024)) * (nbytes // 1024 + 1))[:nbytes]
+
+    def serve(conn) -> None:
+        tune(conn)
+        while conn.recv(1):
+            conn.sendall(payload)
+
+    while True:
+        threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+
+
+def bare_socket_workers(stack: ExitStack, folder: str, clients: int, data: Payloads, family: str) -> tuple:
+    """The ceiling for any protocol over a socket: another process sends the batch's bytes
+    over a bare TCP or Unix socket (no framing, no store) into a preallocated buffer."""
+    import multiprocessing
+    import socket
+
+    from cacheserver.dataserver import tcp_listener, unix_listener
+    from cacheserver.framing import recv_into_exact, tune
+
+    if family == "tcp":
+        listener = tcp_listener("127.0.0.1", 0)
+        address, kind = listener.getsockname(), socket.AF_INET
+    else:
+        address, kind = os.path.join(folder, f"bare-{data.size}-{clients}.sock"), socket.AF_UNIX
+        listener = unix_listener(address)
+    workers, made = [], []
+    child = multiprocessing.get_context("fork").Process(
+        target=_bare_sender, args=(listener, data.batch_bytes), daemon=True)
+    child.start()
+    stack.callback(child.kill)
+    for _ in range(clients):
+        sock = socket.socket(kind, socket.SOCK_STREAM)
+        sock.connect(address)
+        tune(sock)
+        made.append(sock)
+        view = memoryview(bytearray(data.batch_bytes))
+
+        def call(sock=sock, view=view) -> None:
+            sock.sendall(b"g")
+            recv_into_exact(sock, view)
+
+        workers.append(call)
+    listener.close()
     return workers, made
 
 
@@ -277,8 +336,12 @@ def run(args: argparse.Namespace) -> int:
                     "unix_get": lambda n=n, data=data: kvtier_workers(unix, n, data, "get"),
                     "kvtier_get_into": lambda n=n, data=data: kvtier_workers(tcp, n, data, "get_into"),
                     "unix_get_into": lambda n=n, data=data: kvtier_workers(unix, n, data, "get_into"),
+                    "shm_get": lambda n=n, data=data: kvtier_workers(unix, n, data, "get", True),
+                    "shm_get_into": lambda n=n, data=data: kvtier_workers(unix, n, data, "get_into", True),
                     "redis_get": lambda n=n, data=data: redis_workers(rport, n, data, "get"),
                     "memcpy": lambda data=data: memcpy_workers(1, data),
+                    "bare_tcp": lambda n=n, data=data: bare_socket_workers(stack, folder, n, data, "tcp"),
+                    "bare_unix": lambda n=n, data=data: bare_socket_workers(stack, folder, n, data, "unix"),
                     "kvtier_put": lambda n=n, data=data: kvtier_workers(tcp, n, data, "put"),
                     "unix_put": lambda n=n, data=data: kvtier_workers(unix, n, data, "put"),
                     "redis_put": lambda n=n, data=data: redis_workers(rport, n, data, "put"),
@@ -322,11 +385,18 @@ def verdict(results: dict) -> dict:
             "kvtier_get_vs_redis_met": get_ratio >= TARGETS["get_vs_redis_1_client"],
             "unix_get_vs_memcpy": round(unix_ratio, 3),
             "unix_get_vs_memcpy_met": unix_ratio >= TARGETS["unix_get_vs_memcpy"],
+            # Context: how close each path comes to its own limit.
+            "bare_tcp_vs_redis": round(one["bare_tcp_gbps"] / max(one["redis_get_gbps"], 1e-9), 2),
+            "kvtier_get_vs_bare_tcp": round(one["kvtier_get_gbps"] / max(one["bare_tcp_gbps"], 1e-9), 2),
+            "unix_get_vs_bare_unix": round(one["unix_get_gbps"] / max(one["bare_unix_gbps"], 1e-9), 2),
+            "shm_get_vs_redis": round(one["shm_get_gbps"] / max(one["redis_get_gbps"], 1e-9), 2),
+            "shm_get_into_vs_memcpy": round(one["shm_get_into_gbps"] / max(one["memcpy_gbps"], 1e-9), 3),
         }
     return out
 
 
-_COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "redis_get", "memcpy",
+_COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "shm_get", "shm_get_into",
+            "redis_get", "memcpy", "bare_tcp", "bare_unix",
             "kvtier_put", "unix_put", "redis_put")
 
 
@@ -339,5 +409,7 @@ def render(report: dict) -> str:
             gbps = " ".join(f"{c[col + '_gbps']:>15.2f}" for col in _COLUMNS)
             latency = f"{c['kvtier_get_p50_ms']:>8.1f}/{c['kvtier_get_p99_ms']:<7.1f}"
             lines.append(f"{size_name:8} {n:>7} {gbps} {latency}")
-    lines.append("GB/s = 1e9 bytes per second; 1-client targets: " + json.dumps(report["verdict"]))
+    lines.append("GB/s = 1e9 bytes per second; bare_tcp/bare_unix: the same bytes over a bare socket "
+                 "between two processes (the ceiling for any socket protocol); 1-client targets: "
+                 + json.dumps(report["verdict"]))
     return "\n".join(lines)

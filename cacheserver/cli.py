@@ -14,7 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="REST admin API port (default 8300)")
     p.add_argument("--data-port", type=int, help="binary data-plane port (default 8301; 0: none)")
-    p.add_argument("--unix-socket", help="also serve the data plane on this Unix socket")
+    p.add_argument("--unix-socket", help="also serve the data plane on this Unix socket (owner only)")
+    p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="let clients on the Unix socket map the DRAM tier read-only and copy blocks "
+                   "straight out of it (default on; x86-64 Linux)")
     p.add_argument("--dram-gb", type=float, help="DRAM tier size in GiB (default 4)")
     p.add_argument("--hbm-gb", type=float, help="GPU HBM tier size in GiB (CUDA only; default 0)")
     p.add_argument("--flash-dir", help="LMDB folder of the flash tier (default ./.kvtier/flash)")
@@ -30,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "is acknowledged, so it survives a crash (slower puts; default off)")
     p.add_argument("--inject-delay-ms", type=int,
                    help="for testing only: delay every data-plane request this long (default 0)")
+    p.add_argument("--inject-garbage", type=float, metavar="RATE",
+                   help="for testing only: replace this share (0-1) of data-plane replies with "
+                   "corrupted frames (default 0)")
     p.set_defaults(func=run)
 
 

@@ -27,6 +27,7 @@ class ServeConfig:
     port: int = 8300  # REST admin API
     data_port: int = 8301  # binary data plane (0: none)
     unix_socket: str = ""  # data plane on a Unix socket too, when set
+    shared_memory: bool = True  # clients on the Unix socket may map the DRAM tier read-only
     dram_gb: float = 4.0
     hbm_gb: float = 0.0  # needs CUDA
     flash_dir: str = "./.kvtier/flash"
@@ -39,6 +40,7 @@ class ServeConfig:
     max_rest_body_mb: int = 64  # largest REST request body
     flash_sync: bool = False  # durable: write-through to flash, LMDB synced on every commit
     inject_delay_ms: int = 0  # testing only: every data-plane request waits this long first
+    inject_garbage: float = 0.0  # testing only: this share of data-plane replies is a corrupted frame
 
     def __post_init__(self) -> None:
         for name in ("port", "data_port"):
@@ -58,6 +60,8 @@ class ServeConfig:
             raise ValueError("flash_sync needs a flash tier; give --flash-gb a size")
         if not 0 <= self.inject_delay_ms <= 60_000:
             raise ValueError(f"inject_delay_ms must be 0-60000, got {self.inject_delay_ms}")
+        if not 0 <= self.inject_garbage <= 1:
+            raise ValueError(f"inject_garbage is a share of replies, 0-1, got {self.inject_garbage}")
         from tiers.policy import make_policy
 
         make_policy(self.policy)  # ValueError naming the known policies

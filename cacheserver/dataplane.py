@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from cacheserver import protocol as p
 from cacheserver.arenas import ArenaPool
 from cacheserver.faults import Faults
-from tiers.base import PayloadSizeError, StoreFullError, UnknownBlockError, make_block
-from tiers.store import TieredStore
+from tiers.base import Location, PayloadSizeError, StoreFullError, UnknownBlockError, make_block
+from tiers.sharedmem import fence
+from tiers.store import NotDurableError, TieredStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class DataPlaneCounters:
     connections: int = 0  # accepted so far
     open_connections: int = 0
     injected_delays: int = 0  # requests held back on purpose (testing only; see ``Faults``)
+    injected_garbage: int = 0  # replies replaced by corrupted frames on purpose (testing only)
+    mapped_bytes: int = 0  # payload bytes GET_MAPPED clients copied out of shared memory
+    sent_from_dram: int = 0  # GET payload bytes sent straight from the DRAM tier (no copy)
+    changed_while_sent: int = 0  # of those, blocks overwritten mid-send (answered as misses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,13 @@ class Reply:
     buffers: list  # the body, as buffers to send one after another
     close: bool = False  # the connection closes after this reply
     sent: Callable[[], None] | None = None  # to call once the reply is sent (frees its arena)
+    fds: tuple[int, ...] = ()  # descriptors to pass with the reply (Unix socket); closed once sent
+    trailer: Callable[[], bytes] | None = None  # the body's last bytes, made once the buffers are sent
+    trailer_len: int = 0
+
+    @property
+    def body_len(self) -> int:
+        return p.body_size(self.buffers) + self.trailer_len
 
 
 def error_reply(status: p.Status, message: str) -> Reply:
@@ -59,6 +71,7 @@ class DataPlane:
         self.faults = faults or Faults()
         self.counters = DataPlaneCounters()
         self.arenas = ArenaPool()
+        self.shared_tier = store.shared_tier
         self._handlers = {
             p.Op.PING: self._ping,
             p.Op.LOOKUP: self._lookup,
@@ -67,6 +80,8 @@ class DataPlane:
             p.Op.DELETE: self._delete,
             p.Op.PIN: self._pin,
             p.Op.UNPIN: self._unpin,
+            p.Op.MAP: self._map,
+            p.Op.GET_MAPPED: self._get_mapped,
         }
 
     def check(self, header: p.Header) -> Reply | None:
@@ -85,29 +100,40 @@ class DataPlane:
                               f"server's limit of {self.limits.max_batch}; split it")
         return None
 
-    def handle(self, header: p.Header, body: memoryview) -> Reply:
-        """The reply to one request whose header passed ``check``."""
+    def handle(self, header: p.Header, body: memoryview, local: bool = False) -> Reply:
+        """The reply to one request whose header passed ``check``; ``local``: it came over
+        the Unix socket (only there is shared memory offered)."""
         op = p.Op(header.code)
         self.counters.requests[op.name] += 1
         self.counters.bytes_in += len(body)
-        if self.faults.active:
-            self.counters.injected_delays += 1
+        if self.faults.delay_s:
+            self.counters.injected_delays += 1  # counted first: a test may look while it waits
             self.faults.before_request()
         try:
+            if op == p.Op.MAP and not local:
+                raise ValueError("shared memory is offered on the Unix socket only")
             reply = self._handlers[op](header.count, body)
         except p.FrameError as e:
             return self.refuse(p.Status.BAD_FRAME, str(e))
         except UnknownBlockError as e:
             return self.refuse(p.Status.UNKNOWN_BLOCK, str(e))
-        except StoreFullError as e:
-            return self.refuse(p.Status.STORE_FULL, str(e))
+        except (StoreFullError, NotDurableError) as e:
+            full = isinstance(e, StoreFullError)
+            return self.refuse(p.Status.STORE_FULL if full else p.Status.NOT_DURABLE, str(e))
         except (PayloadSizeError, ValueError) as e:
             return self.refuse(p.Status.BAD_REQUEST, str(e))
         except Exception:
             # A bug below us: answer (the client falls back), count it, keep the traceback.
             log.exception("data plane: %s failed", op.name)
             return self.refuse(p.Status.SERVER_ERROR, f"{op.name} failed inside the server; see its log")
-        self.counters.bytes_out += p.body_size(reply.buffers)
+        # Replies that pass descriptors (shared memory) are never replaced: they own them.
+        garbage = None if reply.fds else self.faults.garbage(reply.status, reply.count, reply.body_len)
+        if garbage is not None:
+            if reply.sent is not None:
+                reply.sent()  # the garbage does not use the reply's arena
+            self.counters.injected_garbage += 1
+            reply = Reply(garbage.status, garbage.count, [garbage.body])
+        self.counters.bytes_out += reply.body_len
         return reply
 
     def refuse(self, status: p.Status, message: str) -> Reply:
@@ -126,24 +152,62 @@ class DataPlane:
         return Reply(p.Status.OK, len(ids), [p.lookup_body(ids, names)])
 
     def _get(self, count: int, body: memoryview) -> Reply:
-        """Payloads are copied once, into an arena from the pool (memory already mapped, no
-        allocation per block), and sent from there; the arena goes back once the reply is
-        sent (``Reply.sent``)."""
-        keys = p.split_keys(body, count)
+        """Blocks in the DRAM tier are sent straight from it, held there (no eviction or
+        demotion) until the reply is out; the trailer then says which of them stayed whole
+        (only a delete can overwrite one meanwhile). Blocks in other tiers are copied once,
+        into a pooled arena, and sent from there."""
+        slab = self.store.locating_tier
+        results, done = self._fetch(p.split_keys(body, count), locate=slab is not None, hold=True)
+        located = [r for r in results if isinstance(r, Location)]
+        self.counters.sent_from_dram += sum(r.size for r in located)
+
+        def whole() -> bytes:
+            if not located:
+                return p.get_trailer([True] * count)
+            fence()  # the payloads were read (sent) before their generations are
+            current = iter(slab.current(located))
+            flags = [next(current) if isinstance(r, Location) else True for r in results]
+            self.counters.changed_while_sent += flags.count(False)
+            return p.get_trailer(flags)
+
+        payloads = [slab.view(r) if isinstance(r, Location) else r for r in results]
+        return Reply(p.Status.OK, count, p.get_buffers(payloads), sent=done, trailer=whole, trailer_len=count)
+
+    def _get_mapped(self, count: int, body: memoryview) -> Reply:
+        """GET for a client that mapped the shared slab: blocks there come back as their
+        location and generation (the client copies them itself); the others as payloads."""
+        if self.shared_tier is None:
+            raise ValueError("this service shares no memory; use GET")
+        results, sent = self._fetch(p.split_keys(body, count), locate=True, hold=False)
+        self.counters.mapped_bytes += sum(r.size for r in results if isinstance(r, Location))
+        return Reply(p.Status.OK, count, p.get_mapped_buffers(results), sent=sent)
+
+    def _fetch(self, keys: list[bytes], locate: bool, hold: bool) -> tuple[list, Callable[[], None]]:
+        """The store's answer for each key (payloads copied into pooled arenas, or where
+        they lie), and the callback that gives the arenas back and ends the hold."""
         arenas = [self.arenas.take(sum(max(0, n) for n in self.store.sizes(keys)))]
-        payloads: list = []
+        results: list = []
         while True:
-            payloads += self.store.get_into(keys[len(payloads):], arenas[-1])
-            if len(payloads) == len(keys):
+            results += self.store.get_into(keys[len(results):], arenas[-1], locate, hold)
+            if len(results) == len(keys):
                 break
             # A block arrived since the sizes were read: the rest goes into another arena.
             arenas.append(self.arenas.take(2 * arenas[-1].nbytes))
 
-        def sent() -> None:
+        def done() -> None:
+            if hold:
+                self.store.release(k for k, r in zip(keys, results, strict=True) if isinstance(r, Location))
             for arena in arenas:
                 self.arenas.give(arena)
 
-        return Reply(p.Status.OK, count, p.get_buffers(payloads), sent=sent)
+        return results, done
+
+    def _map(self, count: int, body: memoryview) -> Reply:
+        if self.shared_tier is None:
+            raise ValueError("this service shares no memory (it needs --unix-socket and x86-64, "
+                             "and is off with --no-shared-memory); use GET")
+        fds, layout = self.shared_tier.share()
+        return Reply(p.Status.OK, len(fds), [p.map_body(**layout)], fds=tuple(fds))
 
     def _put(self, count: int, body: memoryview) -> Reply:
         entries = p.split_put(body, count)

@@ -43,6 +43,8 @@ def unix_listener(path: str) -> socket.socket:
         os.unlink(path)  # a stale socket from a previous run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
+    # Owner only, whatever the umask: a client here may map the DRAM tier read-only.
+    os.chmod(path, 0o600)
     sock.listen(128)
     return sock
 
@@ -117,14 +119,19 @@ class Connection:
         self.stopping = stopping
         self._header = bytearray(p.HEADER_SIZE)
         self._body = bytearray(64 << 10)  # grows to the largest body seen, within limits
+        self.local = sock.family == socket.AF_UNIX  # shared memory is offered here only
 
     def run(self) -> None:
         while self._next_header():
             reply = self._answer()
             try:
                 send_buffers(self.sock, [p.Header(reply.status, self._request.request_id, reply.count,
-                                                  p.body_size(reply.buffers)).pack(), *reply.buffers])
+                                                  reply.body_len).pack(), *reply.buffers], reply.fds)
+                if reply.trailer is not None:
+                    send_buffers(self.sock, [reply.trailer()])
             finally:
+                for fd in reply.fds:
+                    os.close(fd)
                 if reply.sent is not None:
                     reply.sent()
             if reply.close:
@@ -159,7 +166,7 @@ class Connection:
         refusal = self.plane.check(self._request)
         if refusal is not None:
             return refusal
-        return self.plane.handle(self._request, self._receive_body(self._request.body_len))
+        return self.plane.handle(self._request, self._receive_body(self._request.body_len), self.local)
 
     def _receive_body(self, size: int) -> memoryview:
         """The body, in the connection's buffer. The buffer grows only as bytes arrive (at

@@ -7,6 +7,7 @@ no join), resuming after partial sends. Shared by the server and the sync client
 
 from __future__ import annotations
 
+import array
 import socket
 
 _IOV_MAX = 512  # buffers per sendmsg call, well under Linux's IOV_MAX of 1024
@@ -26,13 +27,16 @@ def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
         done += n
 
 
-def send_buffers(sock: socket.socket, buffers: list) -> int:
-    """Send every buffer in order; returns the bytes sent."""
+def send_buffers(sock: socket.socket, buffers: list, fds: tuple[int, ...] = ()) -> int:
+    """Send every buffer in order; returns the bytes sent. ``fds`` (Unix sockets) travel
+    with the first bytes, so the peer receives them with the start of the frame."""
     views = [memoryview(b).cast("B") for b in buffers]
     views = [v for v in views if v.nbytes]
     total = 0
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     while views:
-        sent = sock.sendmsg(views[:_IOV_MAX])
+        sent = sock.sendmsg(views[:_IOV_MAX], ancillary)
+        ancillary = []
         total += sent
         # Drop what went out; a partly sent buffer continues from where it stopped.
         while views and sent >= views[0].nbytes:

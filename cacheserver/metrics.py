@@ -52,6 +52,8 @@ class KvtierCollector(Collector):
         yield err
         yield CounterMetricFamily("kvtier_dataplane_bytes_in", "request body bytes", value=p.bytes_in)
         yield CounterMetricFamily("kvtier_dataplane_bytes_out", "reply body bytes", value=p.bytes_out)
+        yield CounterMetricFamily("kvtier_dataplane_mapped_bytes", "payload bytes clients copied out of "
+                                  "shared memory", value=p.mapped_bytes)
         yield CounterMetricFamily("kvtier_dataplane_connections", "connections accepted", value=p.connections)
         yield GaugeMetricFamily("kvtier_dataplane_open_connections", "open connections",
                                 value=p.open_connections)

@@ -19,14 +19,19 @@ from enum import IntEnum
 
 import numpy as np
 
+from tiers.base import Location
+
 MAGIC = b"KV"
-VERSION = 1
+VERSION = 2  # 2: GET replies end with a byte per key saying whether its payload is whole
 HEADER = struct.Struct("<2sBBIIQ")
 HEADER_SIZE = HEADER.size  # 20
 KEY_SIZE = 16
 PUT_ENTRY = struct.Struct("<16s16sIQ")  # key | parent | depth | payload size
 PIN_PREFIX = struct.Struct("<dB")  # ttl seconds (0: none) | tier name length
 MISSING = -1  # a GET reply's size for a key the store lacks
+MAP_REPLY = struct.Struct("<QQQ")  # slab bytes | page size | pages (generations: 8 B each)
+MAPPED_ENTRY = np.dtype([("size", "<i8"), ("offset", "<i8"), ("generation", "<u8")])
+INLINE = -1  # a GET_MAPPED entry's offset for a payload that follows in the reply body
 
 
 class Op(IntEnum):
@@ -37,6 +42,8 @@ class Op(IntEnum):
     DELETE = 4
     PIN = 5
     UNPIN = 6
+    MAP = 7  # Unix socket only: the reply carries read-only descriptors of the shared slab
+    GET_MAPPED = 8  # like GET, but blocks in the shared slab come back as where they lie
 
 
 class Status(IntEnum):
@@ -46,6 +53,7 @@ class Status(IntEnum):
     UNKNOWN_BLOCK = 3
     STORE_FULL = 4
     SERVER_ERROR = 5
+    NOT_DURABLE = 6  # durable mode: flash did not take some blocks of a PUT; they are not stored
 
 
 class FrameError(ValueError):
@@ -167,27 +175,97 @@ def parse_lookup(body, count: int) -> list[str]:
 
 
 def get_buffers(payloads: list) -> list:
-    """The body of a GET reply: one int64 size per key (``MISSING`` for a miss), then the
-    payloads of the hits, each sent as it is."""
+    """The body of a GET reply but its last ``count`` bytes: one int64 size per key
+    (``MISSING`` for a miss), then the payloads of the hits, each sent as it is. The server
+    sends payloads straight from its DRAM tier and only afterwards knows whether each one
+    stayed put while it went out, so a byte per key follows them (``get_trailer``)."""
     sizes = np.array([MISSING if p is None else len(p) for p in payloads], dtype="<i8")
     return [sizes.tobytes(), *(p for p in payloads if p is not None)]
 
 
+def get_trailer(whole: list[bool]) -> bytes:
+    """A GET reply's last bytes: 1 where the payload sent is whole, 0 where the block was
+    overwritten while it was sent (the client takes that as a miss)."""
+    return bytes(whole)
+
+
 def parse_get(body: memoryview, count: int) -> list[memoryview | None]:
-    """Payloads of a GET reply as views into ``body`` (``None`` for a miss)."""
-    if len(body) < count * 8:
-        raise FrameError(f"get reply of {len(body)} B cannot hold {count} sizes")
+    """Payloads of a GET reply as views into ``body``; ``None`` for a miss, and for a
+    payload the trailer does not vouch for."""
+    if len(body) < count * 9:
+        raise FrameError(f"get reply of {len(body)} B cannot hold {count} sizes and flags")
     sizes = np.frombuffer(body, dtype="<i8", count=count)
+    whole = bytes(body[len(body) - count :])
     out: list[memoryview | None] = []
-    offset = count * 8
-    for size in sizes.tolist():
+    offset, end = count * 8, len(body) - count
+    for size, ok in zip(sizes.tolist(), whole, strict=True):
         if size == MISSING:
             out.append(None)
             continue
-        if size < 0 or offset + size > len(body):
+        if size < 0 or offset + size > end:
             raise FrameError(f"get reply claims a payload of {size} B past its body")
-        out.append(body[offset : offset + size])
+        out.append(body[offset : offset + size] if ok == 1 else None)
         offset += size
+    if offset != end:
+        raise FrameError(f"get reply has {end - offset} B past its last payload")
+    return out
+
+
+def map_body(slab_bytes: int, page_size: int, num_pages: int) -> bytes:
+    return MAP_REPLY.pack(slab_bytes, page_size, num_pages)
+
+
+def parse_map(body) -> tuple[int, int, int]:
+    if len(body) != MAP_REPLY.size:
+        raise FrameError(f"map reply is {len(body)} B, expected {MAP_REPLY.size}")
+    slab_bytes, page_size, num_pages = MAP_REPLY.unpack(body)
+    if page_size < 1 or slab_bytes != page_size * num_pages:
+        raise FrameError(f"map reply is inconsistent: {slab_bytes} B != {num_pages} pages of {page_size} B")
+    return slab_bytes, page_size, num_pages
+
+
+def get_mapped_buffers(results: list) -> list:
+    """The body of a GET_MAPPED reply: one ``MAPPED_ENTRY`` per key (a ``Location`` as
+    size, offset and generation; a copied payload as its size and ``INLINE``; a miss as
+    ``MISSING``), then the inline payloads, each sent as it is."""
+    table = np.zeros(len(results), dtype=MAPPED_ENTRY)
+    inline = []
+    for row, r in zip(table, results, strict=True):
+        if r is None:
+            row["size"] = MISSING
+        elif isinstance(r, Location):
+            row["size"], row["offset"], row["generation"] = r.size, r.offset, r.generation
+        else:
+            row["size"], row["offset"] = len(r), INLINE
+            inline.append(r)
+    return [table.tobytes(), *inline]
+
+
+def parse_get_mapped(body: memoryview, count: int, slab_bytes: int) -> list[Location | memoryview | None]:
+    """A GET_MAPPED reply: per key a ``Location`` in the slab, an inline payload (a view
+    into ``body``) or ``None``. Locations are checked against the slab's size."""
+    table_len = count * MAPPED_ENTRY.itemsize
+    if len(body) < table_len:
+        raise FrameError(f"get_mapped reply of {len(body)} B cannot hold {count} entries")
+    table = np.frombuffer(body, dtype=MAPPED_ENTRY, count=count)
+    out: list[Location | memoryview | None] = []
+    offset = table_len
+    for size, where, generation in table.tolist():
+        if size == MISSING:
+            out.append(None)
+        elif size < 0:
+            raise FrameError(f"get_mapped reply claims a block of {size} B")
+        elif where == INLINE:
+            if offset + size > len(body):
+                raise FrameError(f"get_mapped reply claims an inline payload of {size} B past its body")
+            out.append(body[offset : offset + size])
+            offset += size
+        elif where < 0 or where + size > slab_bytes:
+            raise FrameError(f"get_mapped reply locates {size} B at {where}, outside the {slab_bytes} B slab")
+        else:
+            out.append(Location(where, size, generation))
+    if offset != len(body):
+        raise FrameError(f"get_mapped reply has {len(body) - offset} B past its last payload")
     return out
 
 

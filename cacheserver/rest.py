@@ -22,7 +22,7 @@ from cacheserver.schemas import BlockSelection, FlushRequest, PinRequest
 from cacheserver.selection import hasher_for, namespace_blocks, selected_keys
 from hashing.keys import parse_key
 from tiers.base import PayloadSizeError, StoreFullError, UnknownBlockError, make_block
-from tiers.store import TieredStore
+from tiers.store import NotDurableError, TieredStore
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -34,6 +34,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownBlockError, lambda r, e: _error(404, str(e)))
     app.add_exception_handler(PayloadSizeError, lambda r, e: _error(413, str(e)))
     app.add_exception_handler(StoreFullError, lambda r, e: _error(507, str(e)))
+    app.add_exception_handler(NotDurableError, lambda r, e: _error(503, str(e)))
     app.add_exception_handler(ValueError, lambda r, e: _error(400, str(e)))
 
 
@@ -146,4 +147,6 @@ def _depth_below(store: TieredStore, parent: bytes) -> int:
 def _plane_stats(plane: DataPlaneCounters) -> dict:
     return {"requests": dict(plane.requests), "errors": dict(plane.errors), "bytes_in": plane.bytes_in,
             "bytes_out": plane.bytes_out, "connections": plane.connections,
-            "open_connections": plane.open_connections, "injected_delays": plane.injected_delays}
+            "open_connections": plane.open_connections, "mapped_bytes": plane.mapped_bytes,
+            "injected_delays": plane.injected_delays,
+            "injected_garbage": plane.injected_garbage}

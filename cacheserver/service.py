@@ -33,7 +33,7 @@ class Service:
         built = build_store(config)
         self.store = built.store
         self.flash_problem = built.flash_problem
-        faults = Faults(delay_s=config.inject_delay_ms / 1000)
+        faults = Faults(delay_s=config.inject_delay_ms / 1000, garbage_rate=config.inject_garbage)
         self.plane = DataPlane(self.store, Limits(config.max_frame_bytes, config.max_batch), faults)
         listeners = []
         if config.data_port:
@@ -68,15 +68,22 @@ class Service:
         if c.data_port:
             print(f"kvtier serve: data plane on kvtier://{c.host}:{c.data_port}", flush=True)
         if c.unix_socket:
-            print(f"kvtier serve: data plane on unix://{c.unix_socket}", flush=True)
+            shared = "; its clients map the DRAM tier (shared memory)" if self.plane.shared_tier else ""
+            print(f"kvtier serve: data plane on unix://{c.unix_socket}{shared}", flush=True)
         print(f"kvtier serve: tiers {self.store.tier_names}, {len(self.store)} blocks from flash", flush=True)
         if c.flash_sync and not self.flash_problem:
             print("kvtier serve: durable mode: every put is written through to flash and synced", flush=True)
         if self.flash_problem:
             print(f"kvtier serve: DEGRADED: {self.flash_problem}", flush=True)
-        if self.plane.faults.active:
+            if c.flash_sync:
+                print("kvtier serve: durable mode without flash: every put is refused (NOT_DURABLE)",
+                      flush=True)
+        if c.inject_delay_ms:
             print(f"kvtier serve: TESTING: every data-plane request is delayed {c.inject_delay_ms} ms",
                   flush=True)
+        if c.inject_garbage:
+            print(f"kvtier serve: TESTING: {c.inject_garbage:.0%} of data-plane replies are replaced by "
+                  "garbage (corrupted frames)", flush=True)
 
     def shutdown(self) -> None:
         log.info("kvtier serve: stopping")

@@ -3,7 +3,8 @@
 A flash tier that cannot be opened (folder not creatable, LMDB refuses it) does not stop
 the service: it starts without flash, logs why, and ``Built.flash_problem`` says so (the
 REST API reports it in ``/v1/stats``). In durable mode (``flash_sync``) every put is written
-through to flash, and LMDB syncs each commit, before the put is acknowledged.
+through to flash, and LMDB syncs each commit, before the put is acknowledged; a put that
+cannot reach flash (broken, or never opened) is refused instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Built:
 
 
 def build_store(config: ServeConfig) -> Built:
+    from tiers import sharedmem
     from tiers.slab import dram_tier, hbm_tier
 
     page = config.page_kb << 10
@@ -35,15 +37,17 @@ def build_store(config: ServeConfig) -> Built:
     if config.hbm_gb:
         tiers.append(hbm_tier(config.bytes_of(config.hbm_gb), page))
     if config.dram_gb:
-        tiers.append(dram_tier(config.bytes_of(config.dram_gb), page))
+        shared = config.shared_memory and bool(config.unix_socket) and sharedmem.supported()
+        tiers.append(dram_tier(config.bytes_of(config.dram_gb), page, shared=shared))
     problem = ""
     if config.flash_gb:
         flash, problem = open_flash(config)
         tiers += [flash] if flash is not None else []
     if not tiers:
         raise ValueError(f"no tier could be opened: {problem}; fix the flash folder or give --dram-gb a size")
-    write_through = config.flash_sync and not problem
-    return Built(TieredStore(tiers, policy=config.policy, write_through=write_through), problem)
+    # Durable mode stays on without flash: the store then refuses every put (NOT_DURABLE)
+    # rather than acknowledge one that a crash would lose.
+    return Built(TieredStore(tiers, policy=config.policy, write_through=config.flash_sync), problem)
 
 
 def open_flash(config: ServeConfig) -> tuple[Tier | None, str]:

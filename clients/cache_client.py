@@ -6,10 +6,16 @@ opens a fresh one. Every method answers; none raises for the service's failures:
 timeout, a refused connection or an error reply gives the fallback (a miss, 0) and a
 counter (``client.counters``), and after repeated failures the breaker answers at once.
 Payloads come back as memoryviews (one receive buffer per reply, no copy per block).
+
+On a ``unix://`` URL the client maps the service's DRAM tier read-only when the service
+offers it (``clients.shared``), and GETs copy blocks straight out of it; a service that
+does not offer it is asked over the socket as usual (``ClientOptions.shared_memory=False``
+never asks).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections.abc import Sequence
@@ -19,6 +25,7 @@ from cacheserver import protocol as p
 from clients import calls
 from clients.connection import Connection
 from clients.guard import ClientOptions, Guard
+from clients.shared import STALE, SharedSlab, identity
 from clients.url import parse_url
 
 Entry = tuple[bytes, bytes, int, Any]  # key, parent, depth, payload
@@ -30,6 +37,7 @@ class CacheClient:
         self.options = options or ClientOptions()
         self.guard = Guard(self.options)
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._slab: SharedSlab | None = None  # the service's shared slab, once mapped
 
     @property
     def counters(self):
@@ -42,17 +50,48 @@ class CacheClient:
         return self._run(calls.lookup_plan(keys, self.options.max_batch))
 
     def get(self, keys: Sequence[bytes]) -> list[memoryview | None]:
-        return self._run(calls.get_plan(keys, self.options.max_batch))
+        plain = calls.get_plan(keys, self.options.max_batch)
+
+        def action(conn: Connection):
+            if conn.shared is None:
+                return conn.exchange(plain, self.options.timeout)
+            got = conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, conn.shared),
+                                self.options.timeout)
+            stale = [i for i, g in enumerate(got) if g is STALE]
+            if stale:  # moved while copied (evicted, demoted): ask again over the socket
+                again = conn.exchange(calls.get_plan([keys[i] for i in stale], self.options.max_batch),
+                                      self.options.timeout)
+                for i, g in zip(stale, again, strict=True):
+                    got[i] = g
+            return got
+
+        return self._call(plain.fallback, action)
 
     def get_into(self, keys: Sequence[bytes], outs: Sequence[memoryview]) -> list[int | None]:
         """Receive each payload straight into ``outs[i]`` (a writable buffer at least as
         large as the block: a KV page, a pinned staging buffer); returns each size, ``None``
-        for a miss. No allocation and no copy beyond the kernel's. At most ``max_batch``
-        keys per call."""
+        for a miss. No allocation and no copy beyond the kernel's (or, through shared
+        memory, one copy out of the service's DRAM tier). At most ``max_batch`` keys per call."""
         if len(keys) != len(outs) or len(keys) > self.options.max_batch:
             raise ValueError(f"get_into takes one buffer per key and at most {self.options.max_batch} keys")
-        request = calls.Request(p.Op.GET, len(keys), [p.keys_body(list(keys))])
-        return self._call([None] * len(keys), lambda conn: conn.get_into(request, outs, self.options.timeout))
+
+        def by_socket(conn: Connection, rows: Sequence[int]) -> list[int | None]:
+            request = calls.Request(p.Op.GET, len(rows), [p.keys_body([keys[i] for i in rows])])
+            return conn.get_into(request, [outs[i] for i in rows], self.options.timeout)
+
+        def action(conn: Connection):
+            if conn.shared is None:
+                return by_socket(conn, range(len(keys)))
+            plan = calls.get_mapped_plan(keys, self.options.max_batch, conn.shared, outs)
+            got = conn.exchange(plan, self.options.timeout)
+            sizes = [None if g is None or g is STALE else g.nbytes for g in got]
+            stale = [i for i, g in enumerate(got) if g is STALE]
+            if stale:  # moved while copied (evicted, demoted): ask again over the socket
+                for i, n in zip(stale, by_socket(conn, stale), strict=True):
+                    sizes[i] = n
+            return sizes
+
+        return self._call([None] * len(keys), action)
 
     def put(self, entries: Sequence[Entry]) -> int:
         """Store ``(key, parent, depth, payload)`` blocks; returns how many were new."""
@@ -72,6 +111,9 @@ class CacheClient:
         return self._run(calls.ping_plan())
 
     def close(self) -> None:
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
         while True:
             try:
                 self._idle.get_nowait().close()
@@ -102,6 +144,11 @@ class CacheClient:
                 if conn is not None:
                     self._account(conn)
                     conn.close()
+                if isinstance(e, ConnectionError):
+                    # Closed or reset: the service likely restarted, so every idle connection
+                    # is as stale as this one. Dropping them lets the retry (or the breaker's
+                    # trial call) reach the new process at once.
+                    self._drop_idle()
                 wait = self.guard.failed(e, attempt)
                 if wait is None:
                     return fallback
@@ -118,7 +165,28 @@ class CacheClient:
             return self._idle.get_nowait()
         except queue.Empty:
             self.guard.counters.connects += 1
-            return Connection(self.address, self.options.connect_timeout, self.options.max_reply_bytes)
+            conn = Connection(self.address, self.options.connect_timeout, self.options.max_reply_bytes)
+        if self.address.scheme == "unix" and self.options.shared_memory:
+            self._map_shared(conn)
+        return conn
+
+    def _map_shared(self, conn: Connection) -> None:
+        """Map the service's slab for a new connection; one mapping per service serves
+        every connection. A service that shares none is asked over the socket instead."""
+        try:
+            fds, layout = conn.map_shared(self.options.connect_timeout)
+        except calls.ServerError:
+            return
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            if self._slab is None or self._slab.identity != identity(fds):
+                self._slab = SharedSlab(fds, layout, self.counters)
+            conn.shared = self._slab
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _give_back(self, conn: Connection) -> None:
         if self._idle.qsize() < self.options.pool_size:

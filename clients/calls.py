@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cacheserver import protocol as p
+from clients.shared import SharedSlab
 
 
 class ServerError(Exception):
@@ -42,7 +43,12 @@ class Plan:
 
 def check_reply(header: p.Header, body) -> None:
     if header.code != p.Status.OK:
+        if header.code not in _STATUSES:  # not an answer but noise: the stream cannot be trusted
+            raise p.FrameError(f"reply status {header.code} is not defined by the protocol")
         raise ServerError(header.code, bytes(body).decode(errors="replace"))
+
+
+_STATUSES = frozenset(p.Status)
 
 
 def _chunks(items: Sequence, size: int) -> list[Sequence]:
@@ -69,6 +75,18 @@ def lookup_plan(keys: Sequence[bytes], max_batch: int) -> Plan:
 def get_plan(keys: Sequence[bytes], max_batch: int) -> Plan:
     requests = [Request(p.Op.GET, len(c), [p.keys_body(list(c))]) for c in _chunks(keys, max_batch)]
     return Plan(requests, lambda n, body: p.parse_get(body, n),
+                lambda parts: [x for part in parts for x in part], [None] * len(keys))
+
+
+def get_mapped_plan(keys: Sequence[bytes], max_batch: int, slab: SharedSlab,
+                    dests: Sequence[memoryview] | None = None) -> Plan:
+    """GET through the shared slab: blocks there are copied out of it (into ``dests``
+    when given: one buffer per key, one request), the rest arrive inline."""
+    chunks = _chunks(keys, max_batch)
+    if dests is not None and len(chunks) != 1:
+        raise ValueError(f"copying into buffers takes at most {max_batch} keys")
+    requests = [Request(p.Op.GET_MAPPED, len(c), [p.keys_body(list(c))]) for c in chunks]
+    return Plan(requests, lambda n, body: slab.copy_out(p.parse_get_mapped(body, n, slab.slab_bytes), dests),
                 lambda parts: [x for part in parts for x in part], [None] * len(keys))
 
 

@@ -7,6 +7,7 @@ fresh uninitialised buffer (``recv_into``), and payloads are handed out as views
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -15,6 +16,7 @@ import numpy as np
 from cacheserver import protocol as p
 from cacheserver.framing import PeerClosed, send_buffers, tune
 from clients.calls import Plan, Request, check_reply
+from clients.shared import SharedSlab
 from clients.url import Address
 
 
@@ -37,6 +39,7 @@ class Connection:
         self._header = bytearray(p.HEADER_SIZE)
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.shared: SharedSlab | None = None  # the service's slab, when this connection mapped it
 
     def close(self) -> None:
         self.sock.close()
@@ -67,8 +70,39 @@ class Connection:
                 raise p.FrameError(f"a {size} B block does not fit its {view.nbytes} B buffer")
             self._recv(view[:size], deadline)
             out.append(size)
+        whole = bytearray(request.count)  # which payloads the server vouches for
+        self._recv(memoryview(whole), deadline)
+        if 8 * request.count + sum(n or 0 for n in out) + request.count != header.body_len:
+            raise p.FrameError(f"get reply of {header.body_len} B does not add up to its payloads")
         self.bytes_received += p.HEADER_SIZE + header.body_len
-        return out
+        return [n if ok == 1 else None for n, ok in zip(out, whole, strict=True)]
+
+    def map_shared(self, timeout: float) -> tuple[list[int], tuple[int, int, int]]:
+        """Ask for the service's shared slab (Unix socket): the received descriptors (the
+        caller closes them) and the slab's layout. ``ServerError`` when it shares none."""
+        deadline = time.monotonic() + timeout
+        request_id = self._next_id
+        self._next_id = (request_id + 1) & 0xFFFFFFFF
+        self.sock.settimeout(timeout)
+        send_buffers(self.sock, Request(p.Op.MAP, 0, []).frame(request_id))
+        # The descriptors travel with the first bytes of the reply.
+        first, fds, _, _ = socket.recv_fds(self.sock, p.HEADER_SIZE, 4)
+        try:
+            if not first:
+                raise PeerClosed("cache service closed the connection")
+            self._header[: len(first)] = first
+            self._recv(memoryview(self._header)[len(first) :], deadline)
+            header = p.unpack_header(self._header)
+            body = memoryview(bytearray(min(header.body_len, 1 << 16)))
+            self._recv(body, deadline)
+            check_reply(header, body)
+            if header.request_id != request_id or header.body_len > len(body):
+                raise p.FrameError("map reply is out of order or oversize")
+            return fds, p.parse_map(body)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
 
     def exchange(self, plan: Plan, timeout: float):
         """The merged result of the plan's replies; raises ``TimeoutError``, ``OSError``

@@ -17,6 +17,8 @@ class ClientCounters:
     connects: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    mapped_bytes: int = 0  # payload bytes copied straight out of the service's shared memory
+    stale_blocks: int = 0  # shared-memory copies the service overwrote meanwhile (answered as misses)
 
     def as_dict(self) -> dict:
         return asdict(self)

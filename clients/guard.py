@@ -30,6 +30,7 @@ class ClientOptions:
     max_reply_bytes: int = 1 << 30  # a reply claiming more is garbage: refused, never allocated
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
+    shared_memory: bool = True  # on a unix:// URL, copy blocks out of the service's shared DRAM tier
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.connect_timeout <= 0:

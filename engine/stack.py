@@ -3,7 +3,10 @@
 ``Stack`` owns the children. It starts each as its own ``kvtier`` subcommand with its
 output in a log file under the data folder, waits until every one answers its health
 check, and stops them in reverse order (SIGTERM, then SIGKILL after a grace period). A
-child that dies while starting stops the whole stack with the end of its log.
+child that dies while starting stops the whole stack with the end of its log. One that
+dies later is started again with the same arguments: a replica (the router sends its
+conversations elsewhere meanwhile) or the cache service (same ports, same flash folder;
+the engines recompute meanwhile and reconnect when it answers again).
 """
 
 from __future__ import annotations
@@ -60,16 +63,24 @@ class Stack:
         logs = Path(c.data_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         rest, data = free_port(c.host), free_port(c.host)
-        cache = self._spawn("cache", f"http://{c.host}:{rest}", logs, [
-            "serve", "--host", c.host, "--port", str(rest), "--data-port", str(data),
-            "--flash-dir", str(Path(c.data_dir) / "flash"), "--dram-gb", str(c.dram_gb),
-            "--flash-gb", str(c.flash_gb)])
+        serve = ["serve", "--host", c.host, "--port", str(rest), "--data-port", str(data),
+                 "--flash-dir", str(Path(c.data_dir) / "flash"), "--dram-gb", str(c.dram_gb),
+                 "--flash-gb", str(c.flash_gb)]
+        # The replicas run on this host: they reach the cache service on its Unix socket,
+        # and copy blocks out of its shared DRAM tier (TCP if the path is too long for one).
+        sock = (Path(c.data_dir) / "cache.sock").resolve()
+        if len(str(sock)) < _MAX_SOCKET_PATH:
+            serve += ["--unix-socket", str(sock)]
+            cache_url = f"unix://{sock}"
+        else:
+            cache_url = f"kvtier://{c.host}:{data}"
+        cache = self._spawn("cache", f"http://{c.host}:{rest}", logs, serve)
         self._wait_healthy([cache])
         replicas = []
         for i in range(c.replicas):
             port = free_port(c.host)
             args = ["engine", "--host", c.host, "--port", str(port), "--kv-cache-gb", str(c.kv_cache_gb),
-                    "--cache-url", f"kvtier://{c.host}:{data}"]
+                    "--cache-url", cache_url]
             if c.model:
                 args += ["--model", c.model]
             if c.pin_system_prompt:
@@ -90,11 +101,11 @@ class Stack:
         return child
 
     def restart(self, child: Child) -> bool:
-        """Start a replica that died again (the router fails over meanwhile); False when it
-        has died ``_MAX_RESTARTS`` times within a minute, or is not a replica."""
+        """Start a replica or the cache service that died again, with the same arguments;
+        False when it has died ``_MAX_RESTARTS`` times within a minute, or is the router."""
         now = time.monotonic()
         child.restarts = [t for t in child.restarts if now - t < 60]
-        if not child.name.startswith("engine") or len(child.restarts) >= _MAX_RESTARTS:
+        if _role(child) not in _MEANWHILE or len(child.restarts) >= _MAX_RESTARTS:
             return False
         child.restarts.append(now)
         child.process = _launch(child.log_path, child.args, append=True)
@@ -138,6 +149,14 @@ class Stack:
 
 
 _MAX_RESTARTS = 3
+_MAX_SOCKET_PATH = 100  # Linux allows 107 bytes in a Unix socket's path
+# What the stack does while a child that is restarted is away, by role.
+_MEANWHILE = {"engine": "the router sends its conversations elsewhere meanwhile",
+              "cache": "the engines recompute meanwhile and reconnect when it is back"}
+
+
+def _role(child: Child) -> str:
+    return child.name.rstrip("0123456789")
 
 
 def _launch(log_path: Path, args: list[str], append: bool = False) -> subprocess.Popen:
@@ -176,8 +195,8 @@ def run_until_signal(stack: Stack) -> int:
         if dead is not None:
             code = dead.process.returncode
             if stack.restart(dead):
-                print(f"kvtier up: {dead.name} exited with status {code}; restarting it (the router "
-                      "sends its conversations elsewhere meanwhile)", file=sys.stderr, flush=True)
+                print(f"kvtier up: {dead.name} exited with status {code}; restarting it "
+                      f"({_MEANWHILE[_role(dead)]})", file=sys.stderr, flush=True)
                 continue
             print(f"kvtier up: {dead.name} exited with status {code}; stopping.\n{tail(dead.log_path)}",
                   file=sys.stderr)

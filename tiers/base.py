@@ -61,6 +61,15 @@ def make_block(key: bytes, parent: bytes, depth: int, payload: bytes | memoryvie
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """Where a block lies in a tier's shared memory (see ``tiers.sharedmem``)."""
+
+    offset: int  # bytes from the start of the shared slab
+    size: int
+    generation: int  # of the block's first page when located; a copy is whole if it is unchanged
+
+
+@dataclass(frozen=True, slots=True)
 class StoredBlock:
     """What a tier that persists knows of a block after a restart (see ``Tier.scan``)."""
 
@@ -107,6 +116,22 @@ class Tier(ABC):
     def read_many_into(self, keys: list[bytes], dests: list[memoryview]) -> list[int]:
         """``read_into`` for a batch (tiers override it to share one transaction)."""
         return [self.read_into(k, d) for k, d in zip(keys, dests, strict=True)]
+
+    locates: bool = False  # answers ``locate_many`` (a host slab)
+
+    def locate_many(self, keys: list[bytes]) -> list[Location | None]:
+        """Where each block lies in the tier's host memory (to send from, or for a
+        same-host client to copy out of when it is shared); ``None`` for blocks that are
+        not in one contiguous piece there (every block, for tiers without ``locates``)."""
+        return [None] * len(keys)
+
+    def view(self, where: Location) -> memoryview:
+        """The bytes at a location ``locate_many`` gave (valid while it is ``current``)."""
+        raise NotImplementedError(f"{self.name} locates no blocks")
+
+    def current(self, located: list[Location]) -> list[bool]:
+        """Whether each location still holds the block it was located for."""
+        raise NotImplementedError(f"{self.name} locates no blocks")
 
     @abstractmethod
     def put_many(self, blocks: list[Block]) -> None:

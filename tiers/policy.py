@@ -12,6 +12,7 @@ Adding a policy is one class and one entry in ``POLICIES``.
 from __future__ import annotations
 
 import heapq
+import itertools
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -211,6 +212,182 @@ class MultiQueuePolicy(EvictionPolicy):
         return len(self._uses)
 
 
+class DuelingPolicy(EvictionPolicy):
+    """LRU or multi-queue, whichever is winning now: a duel between two shadow caches.
+
+    Why: ``MultiQueuePolicy`` beats LRU where reuse is skewed (shared prompts, RAG
+    documents) but loses where blocks come back at a steady distance or the hot set
+    shifts (agent loops, the mixed workload at small sizes), and neither wins on every
+    workload. This policy keeps both orders over the resident keys (every insert, touch
+    and remove goes to both, O(1) each) and evicts by the one that is winning now, so it
+    does about as well as the better of the two on each workload.
+
+    The winner is decided online, the way CPU caches pick an insertion policy (set
+    dueling, DIP: Qureshi et al. 2007) and ARC weighs recency against frequency with
+    ghost lists: two metadata-only shadow caches, one evicting by LRU and one by
+    multi-queue, replay the same requests, and the real cache follows the one that has
+    been hitting more.
+
+    - Requests are read off the store's calls: a put ends by touching every block of the
+      request, deepest first, down to depth 0 (touches whose ``meta.hits`` grew are the
+      get's hits before it, and are skipped). At depth 0 the buffered request goes to both
+      shadows, shallow first, and each counts its hits as the store does: the longest run
+      of leading blocks it holds. Shadows evict leaves first, as the store does. A chain
+      that breaks off above depth 0 (a block resident only in another tier) is dropped.
+    - Each shadow is as large as the most keys ever resident here (a full tier holds its
+      capacity, which a policy is not told). The shadows see every request, not a sample:
+      sampled keys or per-key hits misjudge the duel, because a block is worth nothing
+      once its prefix is gone (per-key shadows favoured multi-queue on the agent workload
+      at 2%, where it loses to LRU on prefix hits).
+    - A request on which one shadow hits more blocks steps a saturating counter in
+      ``[-limit, limit]`` toward its policy. The cache follows multi-queue above
+      ``+margin`` and LRU below ``-margin`` (hysteresis: it does not flap on noise); the
+      saturation bounds how long an old winner is remembered once the workload changes.
+
+    Cost: three policies' metadata per resident key, O(1) work per operation for each
+    (a request's blocks are buffered once). ``switches`` counts changes of the followed
+    policy, ``shadow_hits`` each shadow's hit blocks.
+    """
+
+    def __init__(self, limit: int = 64, margin: int = 16) -> None:
+        self._lru = LRUPolicy()
+        self._mq = MultiQueuePolicy()
+        self._shadows = {"lru": _Shadow(LRUPolicy()), "mq": _Shadow(MultiQueuePolicy())}
+        self._limit, self._margin = limit, margin
+        self._score = 0  # > 0: the multi-queue shadow has been hitting more
+        self._evict_by: EvictionPolicy = self._mq
+        self._hits: dict[bytes, int] = {}  # resident key -> meta.hits at its last touch
+        self._request: list[tuple[bytes, bytes | None]] = []  # (key, parent), deepest first
+        self._most_resident = 0
+        self.switches = 0
+
+    @property
+    def following(self) -> str:
+        """The policy that orders evictions now: ``"lru"`` or ``"mq"``."""
+        return "mq" if self._evict_by is self._mq else "lru"
+
+    @property
+    def shadow_hits(self) -> dict[str, int]:
+        return {name: s.hits for name, s in self._shadows.items()}
+
+    def insert(self, key: bytes, meta: Any) -> None:
+        self._lru.insert(key, meta)
+        self._mq.insert(key, meta)
+        self._hits[key] = meta.hits
+        self._most_resident = max(self._most_resident, len(self._lru))
+
+    def touch(self, key: bytes, meta: Any) -> None:
+        hits = self._hits.get(key)
+        if hits is None:
+            return
+        self._lru.touch(key, meta)
+        self._mq.touch(key, meta)
+        if meta.hits != hits:  # a get's hit: the put's touches that follow carry the request
+            self._hits[key] = meta.hits
+            return
+        if self._request and self._request[-1][1] != key:
+            self._request.clear()  # not the parent of the last one: that chain ended above depth 0
+        self._request.append((key, None if meta.depth == 0 else meta.parent))
+        if meta.depth == 0:
+            self._replay(reversed(self._request))
+            self._request.clear()
+
+    def _replay(self, request: Iterator[tuple[bytes, bytes | None]]) -> None:
+        """One request, shallow first, through both shadows; the counter steps toward
+        the one that hit more of its blocks."""
+        keys = list(request)
+        lru_hits = self._shadows["lru"].request(keys, self._most_resident)
+        mq_hits = self._shadows["mq"].request(keys, self._most_resident)
+        if lru_hits == mq_hits:
+            return
+        self._score = max(-self._limit, min(self._limit, self._score + (1 if mq_hits > lru_hits else -1)))
+        winner = (self._mq if self._score > self._margin else
+                  self._lru if self._score < -self._margin else self._evict_by)
+        if winner is not self._evict_by:
+            self._evict_by = winner
+            self.switches += 1
+
+    def remove(self, key: bytes) -> None:
+        self._lru.remove(key)
+        self._mq.remove(key)
+        self._hits.pop(key, None)
+
+    def candidates(self) -> Iterator[bytes]:
+        return self._evict_by.candidates()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+class _ShadowMeta:
+    """What a policy reads of a block (``hits``), for keys only a shadow cache holds."""
+
+    __slots__ = ("hits", "parent")
+
+    def __init__(self, parent: bytes | None) -> None:
+        self.hits = 0
+        self.parent = parent
+
+
+class _Shadow:
+    """A metadata-only cache of keys evicting by ``policy``, leaves first as the store
+    does: it answers how many leading blocks of a request a cache of a given capacity
+    would have held."""
+
+    _LEAF_SCAN = 64
+
+    def __init__(self, policy: EvictionPolicy) -> None:
+        self._policy = policy
+        self._metas: dict[bytes, _ShadowMeta] = {}
+        self._children: dict[bytes, int] = {}  # key -> cached keys whose parent it is
+        self.hits = 0
+
+    def request(self, keys: list[tuple[bytes, bytes | None]], capacity: int) -> int:
+        """Hit blocks of a request of (key, parent), shallow first. Then it is cached as
+        the store caches it: the hit blocks are touched (the get), room is made for the
+        missing ones, which go in shallow first, and every block is touched deepest first
+        (the put: an ancestor ends up more recent than its descendants)."""
+        hit = 0
+        while hit < len(keys) and keys[hit][0] in self._metas:
+            hit += 1
+        for key, _ in reversed(keys[:hit]):  # the get's touches
+            meta = self._metas[key]
+            meta.hits += 1
+            self._policy.touch(key, meta)
+        new = [(k, p) for k, p in keys if k not in self._metas][:capacity]
+        while self._metas and len(self._metas) + len(new) > capacity:
+            self._evict()
+        for key, parent in new:
+            self._metas[key] = _ShadowMeta(parent)
+            if parent is not None:
+                self._children[parent] = self._children.get(parent, 0) + 1
+            self._policy.insert(key, self._metas[key])
+        for key, _ in reversed(keys):  # the put's touches
+            meta = self._metas.get(key)
+            if meta is not None:
+                self._policy.touch(key, meta)
+        self.hits += hit
+        return hit
+
+    def _evict(self) -> None:
+        """Evict the policy's first leaf among its first candidates, else its first."""
+        first = victim = None
+        for key in itertools.islice(self._policy.candidates(), self._LEAF_SCAN):
+            if key not in self._children:
+                victim = key
+                break
+            first = key if first is None else first
+        victim = first if victim is None else victim
+        self._policy.remove(victim)
+        parent = self._metas.pop(victim).parent
+        if parent is not None:
+            left = self._children[parent] - 1
+            if left:
+                self._children[parent] = left
+            else:
+                del self._children[parent]
+
+
 def _by_priority(queue: OrderedDict[bytes, int], offset: float) -> Iterator[tuple[float, bytes]]:
     return ((clock + offset, key) for key, clock in queue.items())
 
@@ -220,6 +397,7 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
     "fifo": FIFOPolicy,
     "slru": SLRUPolicy,
     "mq": MultiQueuePolicy,
+    "duel": DuelingPolicy,
 }
 DEFAULT_POLICY = "mq"
 

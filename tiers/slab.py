@@ -7,12 +7,18 @@
     block B  ──► runs [(2, 1), (4, 1)]     (a block may span several runs after churn)
 
 The buffer is allocated once at start, so a running service never fragments the heap or
-grows. A block takes ``ceil(size / page_size)`` pages; free pages are handed out lowest
-first and a freed block's pages go back so the next block of the same size gets the same
-contiguous run, so nearly every copy is a single memcpy. Pages rather than one slot per
+grows. A block takes ``ceil(size / page_size)`` pages, as one run of consecutive pages
+whenever a free extent is long enough (``tiers.extents``: best fit, freed runs merge), so
+nearly every copy is a single memcpy. Pages rather than one slot per
 block let one service hold blocks of several models (360 KiB for SmolLM2, 2 MiB for
 Llama-3-8B) without a slot size to tune. Host slabs are page-locked (pinned) when CUDA
 exists, so copies to and from a GPU run at full DMA speed.
+
+A host slab can be *shared* (``shared=True``): its bytes and a generation counter per page
+live in memfd-backed memory (``tiers.sharedmem``) that same-host clients map read-only.
+``locate_many`` tells where a block lies and its generation; a page's generation is bumped
+before the page is freed for reuse, so a reader that copies a block and then finds the
+same generation knows its copy is whole.
 """
 
 from __future__ import annotations
@@ -20,21 +26,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tiers.base import Block, PayloadSizeError, Tier
+from tiers import sharedmem
+from tiers.base import Block, Location, PayloadSizeError, Tier
+from tiers.extents import ExtentAllocator
 
 DEFAULT_PAGE_SIZE = 64 << 10
 DEFAULT_MAX_BLOCK = 64 << 20
-
-
-def _runs(pages: list[int]) -> list[tuple[int, int]]:
-    """Pages as (first page, count) runs of consecutive indices."""
-    runs: list[tuple[int, int]] = []
-    for p in pages:
-        if runs and runs[-1][0] + runs[-1][1] == p:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((p, 1))
-    return runs
 
 
 class SlabTier(Tier):
@@ -45,6 +42,8 @@ class SlabTier(Tier):
         page_size: int = DEFAULT_PAGE_SIZE,
         device: str = "cpu",
         max_block_bytes: int = DEFAULT_MAX_BLOCK,
+        *,
+        shared: bool = False,
     ):
         if page_size < 1:
             raise ValueError(f"{name}: page size must be positive, got {page_size}")
@@ -61,15 +60,34 @@ class SlabTier(Tier):
         self.max_block_bytes = min(max_block_bytes, self.capacity_bytes)
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
+        if shared and on_gpu:
+            raise ValueError(f"{name}: only a host slab can be shared with other processes")
         self.pinned_memory = not on_gpu and torch.cuda.is_available()
-        # flat: [num_pages * page_size] bytes on the tier's device. Zeroed, so every page
-        # is committed at start: no page faults while serving, and no overcommit surprise.
-        self._flat = torch.zeros(num_pages * page_size, dtype=torch.uint8, device=self.device,
-                                 pin_memory=self.pinned_memory)
+        self.shared = shared
+        self._regions: list[sharedmem.SharedRegion] = []
+        if shared:
+            # Committed at start like the zeroed tensor below; page-locked by registering it.
+            data = self._region(f"kvtier-{name}", num_pages * page_size)
+            self._flat = torch.from_numpy(data)
+            self._gens = self._region(f"kvtier-{name}-gens", 8 * num_pages).view(np.uint64)
+            if self.pinned_memory:
+                torch.cuda.cudart().cudaHostRegister(self._flat.data_ptr(), self._flat.numel(), 0)
+        else:
+            # flat: [num_pages * page_size] bytes on the tier's device. Zeroed, so every page
+            # is committed at start: no page faults while serving, and no overcommit surprise.
+            self._flat = torch.zeros(num_pages * page_size, dtype=torch.uint8, device=self.device,
+                                     pin_memory=self.pinned_memory)
+            self._gens = np.zeros(num_pages, dtype=np.uint64)
         self._host = None if on_gpu else self._flat.numpy()
+        self.locates = not on_gpu
         self._host_view = None if on_gpu else memoryview(self._host)
-        self._free = list(range(num_pages - 1, -1, -1))  # a stack: pop gives the lowest page
+        self._free = ExtentAllocator(num_pages)
         self._blocks: dict[bytes, tuple[int, list[tuple[int, int]]]] = {}  # key -> (size, runs)
+
+    def _region(self, name: str, nbytes: int) -> np.ndarray:
+        region = sharedmem.SharedRegion(name, nbytes)
+        self._regions.append(region)
+        return region.array
 
     def footprint(self, size: int) -> int:
         if not 0 < size <= self.max_block_bytes:
@@ -133,13 +151,12 @@ class SlabTier(Tier):
 
     def put_many(self, blocks: list[Block]) -> None:
         need = sum(self.footprint(b.size) // self.page_size for b in blocks if b.key not in self._blocks)
-        if need > len(self._free):
-            raise RuntimeError(f"bug: {self.name} asked for {need} pages with {len(self._free)} free")
+        if need > self._free.free_pages:
+            raise RuntimeError(f"bug: {self.name} asked for {need} pages with {self._free.free_pages} free")
         for b in blocks:
             if b.key in self._blocks:
                 continue
-            pages = [self._free.pop() for _ in range(-(-b.size // self.page_size))]
-            runs = _runs(pages)
+            runs = self._free.allocate(-(-b.size // self.page_size))
             self._write(runs, b.payload)
             self._blocks[b.key] = (b.size, runs)
 
@@ -160,18 +177,60 @@ class SlabTier(Tier):
             entry = self._blocks.pop(key, None)
             if entry is None:
                 continue
-            # Push back highest first, so the next pops hand out this run in order again.
-            for first, count in reversed(entry[1]):
-                self._free.extend(range(first + count - 1, first - 1, -1))
+            # New generation first: a reader copying these pages can tell they moved on.
+            for first, count in entry[1]:
+                self._gens[first : first + count] += 1
+            self._free.free(entry[1])
+        sharedmem.fence()  # the bumps are visible before any freed page is written again
+
+    def locate_many(self, keys: list[bytes]) -> list[Location | None]:
+        """Where each block lies in a host slab: one contiguous run (nearly all blocks),
+        else ``None`` (absent, spread over several runs, or the slab is on a GPU)."""
+        out: list[Location | None] = []
+        for key in keys:
+            entry = self._blocks.get(key) if self.locates else None
+            if entry is None or len(entry[1]) != 1:
+                out.append(None)
+                continue
+            size, ((first, _),) = entry
+            out.append(Location(first * self.page_size, size, int(self._gens[first])))
+        return out
+
+    def view(self, where: Location) -> memoryview:
+        return self._host_view[where.offset : where.offset + where.size]
+
+    def current(self, located: list[Location]) -> list[bool]:
+        first_pages = np.array([w.offset // self.page_size for w in located], dtype=np.int64)
+        told = np.array([w.generation for w in located], dtype=np.uint64)
+        return (self._gens[first_pages] == told).tolist()
+
+    def share(self) -> tuple[list[int], dict]:
+        """Read-only descriptors of the slab and its generations (the caller closes them)
+        and what a client needs to map them."""
+        if not self.shared:
+            raise ValueError(f"{self.name}: this slab is not shared")
+        fds = [region.read_only_fd() for region in self._regions]
+        return fds, {"slab_bytes": self.capacity_bytes, "page_size": self.page_size,
+                     "num_pages": self.num_pages}
+
+    def close(self) -> None:
+        if not self.shared:
+            return  # plain memory goes with the object
+        if self.pinned_memory:
+            torch.cuda.cudart().cudaHostUnregister(self._flat.data_ptr())
+        self._flat = self._host = self._host_view = self._gens = None
+        for region in self._regions:
+            region.close()
+        self._regions = []
 
     def describe(self) -> dict:
         return {**super().describe(), "page_size": self.page_size, "num_pages": self.num_pages,
-                "free_pages": len(self._free), "device": str(self.device),
-                "pinned_memory": self.pinned_memory}
+                "free_pages": self._free.free_pages, "device": str(self.device),
+                "pinned_memory": self.pinned_memory, "shared": self.shared}
 
 
-def dram_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE) -> SlabTier:
-    return SlabTier("dram", capacity_bytes, page_size, "cpu")
+def dram_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, shared: bool = False) -> SlabTier:
+    return SlabTier("dram", capacity_bytes, page_size, "cpu", shared=shared)
 
 
 def hbm_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, device: str = "cuda") -> SlabTier:

@@ -23,11 +23,21 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from hashing.keys import KEY_SIZE
-from tiers.base import Block, StoreFullError, Tier, TierFull, TierWriteError, UnknownBlockError
+from tiers.base import (
+    Block,
+    Location,
+    StoreError,
+    StoreFullError,
+    Tier,
+    TierFull,
+    TierWriteError,
+    UnknownBlockError,
+)
 from tiers.policy import EvictionPolicy, make_policy
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,12 @@ log = logging.getLogger(__name__)
 _LEAF_SCAN_LIMIT = 64
 # Share of a tier's blocks evicted when its backing store is full before its byte count.
 _MAP_FULL_SHARE = 1 / 16
+
+
+class NotDurableError(StoreError):
+    """Durable mode (``write_through``): the last tier, which must be persistent, did not
+    take some blocks of a put. Those blocks are not stored (a retry writes them again);
+    the rest of the batch is."""
 
 
 @dataclass(slots=True)
@@ -62,6 +78,7 @@ class TierCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     write_errors: int = 0
+    delete_errors: int = 0  # blocks forgotten here whose bytes the tier failed to delete
 
 
 @dataclass
@@ -76,6 +93,7 @@ class StoreCounters:
     checksum_failures: int = 0
     rejected_full: int = 0  # blocks refused because pinned blocks left no room
     oversize: int = 0  # blocks not stored because their own batch outgrew the store
+    not_durable: int = 0  # blocks refused in durable mode because the last tier did not take them
 
 
 @dataclass
@@ -87,6 +105,9 @@ class _TierState:
     pinned: int = 0
     counters: TierCounters = field(default_factory=TierCounters)
     write_problem: str = ""  # why the last write failed; empty once a write succeeds again
+    # Keys forgotten here whose bytes the tier failed to delete (a broken flash): deleted
+    # again after its next good write. Never holds a key resident here (a write removes it).
+    undeleted: set[bytes] = field(default_factory=set)
 
 
 class TieredStore:
@@ -112,9 +133,20 @@ class TieredStore:
         self._lock = threading.RLock()
         self._closed = False
         self._moving: set[bytes] = set()  # blocks on their way up: no cascade may evict them
+        self._held: Counter[bytes] = Counter()  # located blocks being sent from their slab
         self._rebuild()
 
     # -- queries ------------------------------------------------------------------------
+
+    @property
+    def shared_tier(self) -> Tier | None:
+        """The tier whose memory same-host clients may map, if any."""
+        return next((s.tier for s in self._tiers if getattr(s.tier, "shared", False)), None)
+
+    @property
+    def locating_tier(self) -> Tier | None:
+        """The tier ``get_into(..., locate=True)`` answers ``Location``s in (the host slab)."""
+        return next((s.tier for s in self._tiers if s.tier.locates), None)
 
     @property
     def tier_names(self) -> list[str]:
@@ -194,20 +226,36 @@ class TieredStore:
         """
         return [None if r is None else bytes(r) for r in self._fetch(keys, None)]
 
-    def get_into(self, keys: Sequence[bytes], arena: memoryview | bytearray) -> list[memoryview | None]:
+    def get_into(self, keys: Sequence[bytes], arena: memoryview | bytearray, locate: bool = False,
+                 hold: bool = False) -> list[memoryview | Location | None]:
         """Like ``get``, but copies the payloads back to back into ``arena`` (the caller's
         reusable buffer: one copy, no allocation) and returns a view of each, ``None``
         where absent. Stops before the first hit that does not fit, so the result may be
-        shorter than ``keys``; the views are valid until the caller reuses the arena."""
-        return self._fetch(keys, memoryview(arena).cast("B"))
+        shorter than ``keys``; the views are valid until the caller reuses the arena.
 
-    def _fetch(self, keys: Sequence[bytes], arena: memoryview | None) -> list:
+        With ``locate``, a block served from a host slab is not copied: its ``Location``
+        there comes back instead (its arena space stays unused), for the caller to send
+        from, or a same-host client to copy out of shared memory. With ``hold`` too, no
+        eviction or demotion takes the located blocks out of the slab until ``release``
+        (a delete still may: the page generations say so)."""
+        return self._fetch(keys, memoryview(arena).cast("B"), locate, hold)
+
+    def release(self, keys: Iterable[bytes]) -> None:
+        """End the hold ``get_into(..., hold=True)`` put on these located blocks."""
+        with self._lock:
+            self._held.subtract(keys)
+            self._held = +self._held  # drop keys no longer held
+
+    def _fetch(self, keys: Sequence[bytes], arena: memoryview | None, locate: bool = False,
+               hold: bool = False) -> list:
         now = time.time()
         with self._lock:
             plan = self._plan_reads(keys, arena)
             out: list = [None] * len(plan)
             served = [-1] * len(plan)
-            self._read_planned(plan, out, served)
+            self._read_planned(plan, out, served, locate)
+            if hold:
+                self._held.update(row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location))
             promote: list[Block] = []
             touched: list[bytes] = []
             for i, (key, meta, dest) in enumerate(plan):
@@ -229,7 +277,7 @@ class TieredStore:
                 meta.hits += 1
                 meta.last_access = now
                 touched.append(key)
-                if t > 0 and self.promote_on_read and meta.pinned != t:
+                if t > 0 and self.promote_on_read and meta.pinned != t and not isinstance(out[i], Location):
                     promote.append(Block(key, meta.parent, meta.depth, out[i], meta.size))
             if promote:
                 self._moving = {b.key for b in promote}
@@ -256,14 +304,24 @@ class TieredStore:
             plan.append((key, meta, dest))
         return plan
 
-    def _read_planned(self, plan: list[tuple], out: list, served: list[int]) -> None:
-        """Read each planned block from its fastest tier, one batched call per tier."""
+    def _read_planned(self, plan: list[tuple], out: list, served: list[int], locate: bool = False) -> None:
+        """Read each planned block from its fastest tier, one batched call per tier (or,
+        with ``locate``, say where it lies when that tier shares its memory)."""
         by_tier: dict[int, list[int]] = {}
         for i, (_, meta, _) in enumerate(plan):
             if meta is not None:
                 by_tier.setdefault(_top(meta.tiers), []).append(i)
-        for t, rows in by_tier.items():
+        for t, planned in by_tier.items():
             tier = self._tiers[t].tier
+            rows = planned
+            if locate:
+                located = tier.locate_many([plan[i][0] for i in planned])
+                for i, where in zip(planned, located, strict=True):
+                    if where is not None:
+                        out[i], served[i] = where, t
+                rows = [i for i, where in zip(planned, located, strict=True) if where is None]
+                if not rows:
+                    continue
             keys = [plan[i][0] for i in rows]
             corrupt_before = tier.corrupt_reads
             if plan[rows[0]][2] is None:
@@ -319,11 +377,13 @@ class TieredStore:
             new: list[Block] = []
             seen: set[bytes] = set()
             touched: list[bytes] = []
+            batch: list[Block] = []
             for b in blocks:
                 if b.key in seen:
                     continue
                 seen.add(b.key)
                 touched.append(b.key)
+                batch.append(b)
                 meta = self._index.get(b.key)
                 if meta is not None:
                     meta.last_access = now
@@ -336,20 +396,18 @@ class TieredStore:
                     break
                 placed = set(self._place(t, homeless))
                 homeless = [b for b in homeless if b.key not in placed]
-            if self.write_through and len(self._tiers) > 1:
-                last = len(self._tiers) - 1
-                self._place(last, [b for b in new if not self._index[b.key].tiers >> last & 1])
-            for b in new:
-                meta = self._index[b.key]
-                if meta.tiers:
-                    parent = self._index.get(b.parent)
-                    if parent is not None:
-                        parent.children += 1
-                    self.counters.puts += 1
-                    self.counters.put_bytes += b.size
-                else:
-                    del self._index[b.key]
+            refused = self._write_through(batch) if self.write_through else set()
+            self._keep(new, refused)
             self._touch_chain(touched)
+            if refused:
+                self.counters.not_durable += len(refused)
+                last = self._tiers[-1]
+                why = last.write_problem if last.tier.persistent else "no persistent tier is open"
+                raise NotDurableError(
+                    f"{len(refused)} of {len(blocks)} blocks were not stored: durable mode keeps only "
+                    f"blocks written to {last.tier.name}, and it did not take them ({why or 'no room'}); "
+                    "the service keeps serving what it holds, and a retry writes them again"
+                )
             if homeless and any(s.pinned for s in self._tiers):
                 self.counters.rejected_full += len(homeless)
                 raise StoreFullError(
@@ -360,6 +418,41 @@ class TieredStore:
             # is what can be reused), the rest is counted, as a cache drops what cannot fit.
             self.counters.oversize += len(homeless)
             return len(new) - len(homeless)
+
+    def _write_through(self, batch: list[Block]) -> set[bytes]:
+        """Durable mode: put this batch's blocks (new, or held but no longer in the last
+        tier) in the last tier, which must be persistent; the keys that did not get there."""
+        last = len(self._tiers) - 1
+        if not self._tiers[last].tier.persistent:
+            return {b.key for b in batch}
+        missing = [b for b in batch if not self._index[b.key].tiers >> last & 1]
+        placed = set(self._place(last, missing))
+        return {b.key for b in missing if b.key not in placed}
+
+    def _keep(self, new: list[Block], refused: set[bytes]) -> None:
+        """Count the new blocks a put placed as children and puts; take back those it
+        placed nowhere, or that durable mode refused."""
+        for b in new:
+            meta = self._index.get(b.key)
+            if meta is None:  # dropped again by a cascade of this same put
+                continue
+            if meta.tiers and b.key not in refused:
+                parent = self._index.get(b.parent)
+                if parent is not None:
+                    parent.children += 1
+                self.counters.puts += 1
+                self.counters.put_bytes += b.size
+            else:
+                self._unplace(b.key, meta)
+
+    def _unplace(self, key: bytes, meta: BlockMeta) -> None:
+        """Take back a block this put added but does not keep (none of its tiers counted it
+        as a child of its parent yet)."""
+        for t in range(len(self._tiers)):
+            if meta.tiers >> t & 1:
+                self._delete_from(t, [key])
+                self._forget_in(t, key, meta)
+        del self._index[key]
 
     def _place(self, t: int, blocks: list[Block]) -> list[bytes]:
         """Write ``blocks`` into tier ``t`` after making room; returns the keys placed.
@@ -411,6 +504,11 @@ class TieredStore:
                     s.blocks += 1
                     s.counters.bytes_in += b.size
                     s.policy.insert(b.key, meta)
+                if s.undeleted:
+                    s.undeleted.difference_update(b.key for b in blocks)
+                    if blocks and s.undeleted:  # it writes again: finish the deletes it missed
+                        retry, s.undeleted = list(s.undeleted), set()
+                        self._delete_from(t, retry)
                 return True
             break
         s.counters.write_errors += len(blocks)
@@ -433,7 +531,7 @@ class TieredStore:
         s = self._tiers[t]
         victims, freed = [], 0
         for key in self._victims(t):
-            if key in protect or key in self._moving:
+            if key in protect or key in self._moving or key in self._held:
                 continue
             victims.append(key)
             freed += s.tier.footprint(self._index[key].size)
@@ -468,7 +566,7 @@ class TieredStore:
                 meta = self._index[key]
                 if not meta.tiers >> lower:  # no copy below: move it down
                     demote.append(Block(key, meta.parent, meta.depth, s.tier.get(key), meta.size))
-        s.tier.delete_many(victims)
+        self._delete_from(t, victims)
         s.counters.evictions += len(victims)
         for key in victims:
             self._forget_in(t, key, self._index[key])
@@ -478,6 +576,21 @@ class TieredStore:
             meta = self._index.get(key)
             if meta is not None and not meta.tiers:
                 self._drop(key, meta)
+
+    def _delete_from(self, t: int, keys: list[bytes]) -> None:
+        """Delete ``keys``' bytes from tier ``t``. A tier that cannot write (a broken flash)
+        is not a reason to fail an eviction or a delete: the store forgets the blocks there
+        all the same, counts and logs the failure, and deletes them again after the tier's
+        next good write (a restart before that finds them again, as the valid blocks they
+        are; a deleted block is never served meanwhile)."""
+        s = self._tiers[t]
+        try:
+            s.tier.delete_many(keys)
+        except TierWriteError as e:
+            s.counters.delete_errors += len(keys)
+            s.write_problem = str(e)
+            s.undeleted.update(keys)
+            log.error("%s: %d blocks not deleted: %s", s.tier.name, len(keys), e)
 
     def _forget_in(self, t: int, key: bytes, meta: BlockMeta) -> None:
         """Bookkeeping for a block that left tier ``t`` (its bytes are already gone)."""
@@ -594,9 +707,9 @@ class TieredStore:
             return n
 
     def _remove_everywhere(self, key: bytes, meta: BlockMeta) -> None:
-        for t, s in enumerate(self._tiers):
+        for t in range(len(self._tiers)):
             if meta.tiers >> t & 1:
-                s.tier.delete_many([key])
+                self._delete_from(t, [key])
                 self._forget_in(t, key, meta)
         del self._index[key]
         parent = self._index.get(meta.parent)
@@ -616,7 +729,7 @@ class TieredStore:
                     self._remove_everywhere(key, meta)
                     n += 1
                 elif meta.tiers >> t & 1:
-                    self._tiers[t].tier.delete_many([key])
+                    self._delete_from(t, [key])
                     self._lose_copy(t, key, meta)
                     n += 1
             return n

@@ -24,7 +24,13 @@ def call(plane, op, count, buffers):
 
 
 def body_of(reply):
-    return memoryview(b"".join(bytes(memoryview(b)) for b in reply.buffers))
+    """The reply's body as the socket server sends it: its buffers, then its trailer."""
+    body = b"".join(bytes(memoryview(b)) for b in reply.buffers)
+    body += reply.trailer() if reply.trailer else b""
+    if reply.sent:
+        reply.sent()
+    assert len(body) == reply.body_len
+    return memoryview(body)
 
 
 def test_put_lookup_get_delete(plane):
@@ -39,6 +45,27 @@ def test_put_lookup_get_delete(plane):
     assert call(plane, p.Op.DELETE, 1, [p.keys_body(keys[2:])]).count == 1
     assert call(plane, p.Op.LOOKUP, 3, [p.keys_body(keys)]).count == 2
     assert plane.counters.requests == {"PUT": 1, "LOOKUP": 2, "GET": 1, "DELETE": 1}
+
+
+def test_a_get_is_sent_from_dram_held_there_and_vouched_for_by_its_trailer(plane):
+    """Four 1 KiB pages: two blocks being sent cannot be evicted to make room, and one
+    deleted (its pages rewritten) while it is sent comes back as a miss, not mixed bytes."""
+    blocks = chain("held", 2, size=1024)
+    keys = [b[0] for b in blocks]
+    call(plane, p.Op.PUT, 2, p.put_buffers(blocks))
+    reply = call(plane, p.Op.GET, 2, [p.keys_body(keys)])  # not sent yet: both held in DRAM
+    assert plane.counters.sent_from_dram == 2048
+    others = chain("others", 3, size=1024)
+    assert call(plane, p.Op.PUT, 3, p.put_buffers(others)).count == 2  # room for two only
+    assert call(plane, p.Op.LOOKUP, 2, [p.keys_body(keys)]).count == 2  # the held ones stayed
+    assert [bytes(g) for g in p.parse_get(body_of(reply), 2)] == [b[3] for b in blocks]
+
+    reply = call(plane, p.Op.GET, 2, [p.keys_body(keys)])
+    assert call(plane, p.Op.DELETE, 1, [p.keys_body(keys[:1])]).count == 1
+    assert call(plane, p.Op.PUT, 1, p.put_buffers(others[2:])).count == 1  # takes the freed page
+    got = p.parse_get(body_of(reply), 2)
+    assert got[0] is None and bytes(got[1]) == blocks[1][3]
+    assert plane.counters.changed_while_sent == 1
 
 
 def test_oversize_frame_is_refused_before_its_body_is_read(plane):

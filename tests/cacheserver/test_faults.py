@@ -20,7 +20,7 @@ def stats(served) -> dict:
 def test_flash_that_cannot_be_opened_leaves_a_dram_only_service(serve_factory, tmp_path):
     not_a_folder = tmp_path / "flash-is-a-file"
     not_a_folder.write_text("in the way")
-    served = serve_factory(flash_dir=str(not_a_folder), flash_sync=True)
+    served = serve_factory(flash_dir=str(not_a_folder))
     s = stats(served)
     assert s["degraded"] and not s["durable"]
     assert s["flash_status"]["state"] == "unavailable"

@@ -36,9 +36,10 @@ def test_put_body_with_trailing_bytes_is_a_frame_error():
         p.split_put(memoryview(body), 1)
 
 
-def test_get_reply_round_trip_with_a_miss():
-    body = memoryview(b"".join(bytes(b) for b in p.get_buffers([b"abc", None, b"d"])))
-    assert [None if v is None else bytes(v) for v in p.parse_get(body, 3)] == [b"abc", None, b"d"]
+def test_get_reply_round_trip_with_a_miss_and_a_payload_not_vouched_for():
+    body = b"".join(bytes(b) for b in p.get_buffers([b"abc", None, b"d", b"ef"]))
+    body = memoryview(body + p.get_trailer([True, True, True, False]))
+    assert [None if v is None else bytes(v) for v in p.parse_get(body, 4)] == [b"abc", None, b"d", None]
 
 
 def test_lookup_reply_names_tiers():

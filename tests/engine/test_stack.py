@@ -6,68 +6,26 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from cacheserver.process import free_port
+from tests.engine.up_process import SMALL, SYSTEM, ask, kvtier_up, pids_of
 
 openai = pytest.importorskip("openai")
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    port = free_port()
-    data = tmp_path_factory.mktemp("stack")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "up", "--port", str(port), "--replicas", "2",
-         "--data-dir", str(data), "--kv-cache-gb", "0.25", "--dram-gb", "0.25", "--flash-gb", "1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "ready" in line or proc.poll() is not None:
-            break
-    if proc.poll() is not None or "ready" not in lines[-1]:
-        proc.kill()
-        pytest.fail("kvtier up did not start:\n" + "".join(lines) + proc.stdout.read())
-    while (line := proc.stdout.readline()) and "chat with" not in line:
-        lines.append(line)
-    replicas = [ln.split()[1] for ln in lines if ln.strip().startswith("engine")]
-    yield url, replicas, data
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(60) == 0, proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with kvtier_up(tmp_path_factory.mktemp("stack"), "--replicas", "2", *SMALL) as up:
+        yield up.url, up.replicas, up.data
 
 
 @pytest.fixture(scope="module")
 def client(stack):
     return openai.OpenAI(base_url=stack[0] + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def ask(client, messages, salt=None, **kw):
-    extra = {"cache_salt": salt} if salt else None
-    return client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=messages, max_tokens=8,
-                                          temperature=0, extra_body=extra, **kw)
-
-
-SYSTEM = {"role": "system", "content": "You are a geography tutor. Answer in one short sentence, "
-          "naming the country and its capital, and nothing else at all."}
 
 
 def test_models_and_a_chat_completion(client):
@@ -122,19 +80,6 @@ def test_conversations_stick_and_spread_within_the_bound(stack, client):
     assert sorted(after[u] - first_owner[u] for u in after) == [0, 2]
 
 
-def _pids_listening_on(port: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"engine" in argv and str(port).encode() in argv:
-                pids.append(int(entry))
-    return pids
-
-
 def test_a_killed_replicas_conversations_keep_being_answered(stack, client):
     url, replicas, _ = stack
     conversations = [[SYSTEM, {"role": "user", "content": f"Capital of country number {i}?"}]
@@ -149,7 +94,7 @@ def test_a_killed_replicas_conversations_keep_being_answered(stack, client):
     for m in conversations:
         ask(client, m, max_completion_tokens=1)
     assert served_by_victim() > before  # the victim owns some of these conversations
-    for pid in _pids_listening_on(int(victim.rsplit(":", 1)[1])):
+    for pid in pids_of(b"engine", int(victim.rsplit(":", 1)[1])):
         os.kill(pid, signal.SIGKILL)
     for m in conversations:  # every one answered: retried on the survivor at once
         assert ask(client, m, max_completion_tokens=1).choices[0].message.content is not None

@@ -1,0 +1,137 @@
+"""The same-host path: clients on the Unix socket map the service's DRAM tier read-only and
+copy blocks out of it themselves (``MAP``, ``GET_MAPPED``), against a real ``kvtier serve``."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import stat
+
+import httpx
+import pytest
+
+from cacheserver import protocol as p
+from clients.cache_client import CacheClient
+from clients.calls import Plan, Request
+from clients.connection import Connection
+from clients.counters import ClientCounters
+from clients.guard import ClientOptions
+from clients.shared import STALE, SharedSlab
+from clients.url import parse_url
+from tests.cacheserver.blocks import chain
+from tiers import sharedmem
+from tiers.base import Location
+
+pytestmark = pytest.mark.skipif(not sharedmem.supported(), reason="shared memory needs x86-64 Linux")
+
+MISSING_KEY = b"\x07" * 16
+
+
+def keys_of(blocks) -> list[bytes]:
+    return [b[0] for b in blocks]
+
+
+def test_a_unix_client_copies_blocks_out_of_shared_memory(served):
+    blocks = chain("shm", 6, size=100_000)
+    with CacheClient(served.unix_url) as c:
+        assert c.put(blocks) == 6
+        got = c.get([*keys_of(blocks), MISSING_KEY])
+        assert [bytes(g) for g in got[:6]] == [b[3] for b in blocks]
+        assert got[6] is None
+        outs = [memoryview(bytearray(120_000)) for _ in blocks]
+        assert c.get_into(keys_of(blocks), outs) == [100_000] * 6
+        assert [bytes(o[:100_000]) for o in outs] == [b[3] for b in blocks]
+        assert c.counters.mapped_bytes == 2 * 6 * 100_000
+        assert c.counters.bytes_received < 2_000  # no payload crossed the socket
+        assert c.counters.failures == 0
+    stats = httpx.get(served.rest_url + "/v1/stats").json()
+    assert stats["data_plane"]["mapped_bytes"] == 2 * 6 * 100_000
+
+
+def test_blocks_outside_dram_arrive_inline(serve_factory):
+    served = serve_factory(dram_gb=1 / 1024)  # 1 MiB of DRAM: most of the chain goes to flash
+    blocks = chain("spill", 12, size=200_000)
+    with CacheClient(served.unix_url) as c:
+        assert c.put(blocks) == 12
+        tiers = c.lookup(keys_of(blocks))
+        assert "flash" in tiers and "dram" in tiers
+        got = c.get(keys_of(blocks))
+        assert [bytes(g) for g in got] == [b[3] for b in blocks]
+        in_dram = tiers.count("dram")
+        assert 0 < c.counters.mapped_bytes <= in_dram * 200_000
+        assert c.counters.bytes_received > (12 - in_dram) * 200_000  # the flash ones came inline
+
+
+def test_a_block_moved_while_it_was_copied_is_refused_not_served_mixed(served):
+    """The seqlock, step by step: locate a block, make the service free its pages and write
+    another block there, then copy: the copy is recognised as stale."""
+    old, new = chain("old", 1, size=65_536)[0], chain("new", 1, size=65_536)[0]
+    writer = CacheClient(served.data_url)
+    assert writer.put([old]) == 1
+    conn = Connection(parse_url(served.unix_url), 2.0)
+    fds, layout = conn.map_shared(2.0)
+    try:
+        slab = SharedSlab(fds, layout, ClientCounters())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+    def locate(key: bytes) -> list:
+        request = Request(p.Op.GET_MAPPED, 1, [p.keys_body([key])])
+        plan = Plan([request], lambda n, body: p.parse_get_mapped(body, n, slab.slab_bytes),
+                    lambda parts: parts[0], None)
+        return conn.exchange(plan, 2.0)
+
+    where = locate(old[0])
+    assert isinstance(where[0], Location)
+    assert bytes(slab.copy_out(where)[0]) == old[3]  # still there: a whole copy
+    assert writer.delete([old[0]]) == 1 and writer.put([new]) == 1
+    moved = locate(new[0])[0]
+    assert moved.offset == where[0].offset  # the new block took the freed pages
+    assert slab.copy_out(where) == [STALE]
+    assert slab.counters.stale_blocks == 1
+    assert bytes(slab.copy_out([moved])[0]) == new[3]
+    conn.close()
+    writer.close()
+
+
+def test_map_is_refused_over_tcp(served):
+    with socket.create_connection(("127.0.0.1", served.data_port)) as s:
+        s.sendall(p.Header(p.Op.MAP, 1, 0, 0).pack())
+        reply = p.unpack_header(s.recv(p.HEADER_SIZE, socket.MSG_WAITALL))
+        assert reply.code == p.Status.BAD_REQUEST
+        assert b"Unix socket only" in s.recv(reply.body_len, socket.MSG_WAITALL)
+
+
+def test_without_shared_memory_unix_clients_get_over_the_socket(serve_factory):
+    served = serve_factory(shared_memory=False)
+    blocks = chain("plain", 3, size=50_000)
+    with CacheClient(served.unix_url) as c:
+        assert c.put(blocks) == 3
+        assert [bytes(g) for g in c.get(keys_of(blocks))] == [b[3] for b in blocks]
+        assert c.counters.mapped_bytes == 0 and c.counters.failures == 0
+    assert "shared memory" not in served.output
+
+
+def test_the_mapping_is_read_only_and_the_socket_owner_only(served):
+    assert stat.S_IMODE(os.stat(served.unix_path).st_mode) == 0o600
+    conn = Connection(parse_url(served.unix_url), 2.0)
+    fds, (slab_bytes, _, _) = conn.map_shared(2.0)
+    try:
+        with pytest.raises(PermissionError):
+            mmap.mmap(fds[0], slab_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        with pytest.raises(OSError):  # opened read-only: EBADF
+            os.write(fds[0], b"x")
+    finally:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+
+def test_a_client_that_opts_out_never_maps(served):
+    blocks = chain("opt-out", 2, size=10_000)
+    with CacheClient(served.unix_url, ClientOptions(shared_memory=False)) as c:
+        assert c.put(blocks) == 2
+        assert [bytes(g) for g in c.get(keys_of(blocks))] == [b[3] for b in blocks]
+        assert c.counters.mapped_bytes == 0
