@@ -30,8 +30,9 @@ PUT_ENTRY = struct.Struct("<16s16sIQ")  # key | parent | depth | payload size
 PIN_PREFIX = struct.Struct("<dB")  # ttl seconds (0: none) | tier name length
 MISSING = -1  # a GET reply's size for a key the store lacks
 MAP_REPLY = struct.Struct("<QQQ")  # slab bytes | page size | pages (generations: 8 B each)
-MAPPED_ENTRY = np.dtype([("size", "<i8"), ("offset", "<i8"), ("generation", "<u8")])
-INLINE = -1  # a GET_MAPPED entry's offset for a payload that follows in the reply body
+MAPPED_ENTRY = np.dtype([("size", "<i8"), ("segments", "<i8"), ("generation", "<u8")])
+SEGMENT = np.dtype([("offset", "<u8"), ("length", "<u8")])
+INLINE = -1  # a GET_MAPPED entry's segment count for a payload that follows in the reply body
 
 
 class Op(IntEnum):
@@ -176,11 +177,14 @@ def parse_lookup(body, count: int) -> list[str]:
 
 def get_buffers(payloads: list) -> list:
     """The body of a GET reply but its last ``count`` bytes: one int64 size per key
-    (``MISSING`` for a miss), then the payloads of the hits, each sent as it is. The server
-    sends payloads straight from its DRAM tier and only afterwards knows whether each one
-    stayed put while it went out, so a byte per key follows them (``get_trailer``)."""
-    sizes = np.array([MISSING if p is None else len(p) for p in payloads], dtype="<i8")
-    return [sizes.tobytes(), *(p for p in payloads if p is not None)]
+    (``MISSING`` for a miss), then the payloads of the hits, each sent as it is (a payload
+    may be a list of buffers: its segments). The server sends payloads straight from its
+    DRAM tier and only afterwards knows whether each one stayed put while it went out, so
+    a byte per key follows them (``get_trailer``)."""
+    parts = [[] if p is None else p if isinstance(p, list) else [p] for p in payloads]
+    sizes = np.array([MISSING if p is None else body_size(s) for p, s in zip(payloads, parts, strict=True)],
+                     dtype="<i8")
+    return [sizes.tobytes(), *(b for s in parts for b in s)]
 
 
 def get_trailer(whole: list[bool]) -> bytes:
@@ -225,45 +229,56 @@ def parse_map(body) -> tuple[int, int, int]:
 
 
 def get_mapped_buffers(results: list) -> list:
-    """The body of a GET_MAPPED reply: one ``MAPPED_ENTRY`` per key (a ``Location`` as
-    size, offset and generation; a copied payload as its size and ``INLINE``; a miss as
-    ``MISSING``), then the inline payloads, each sent as it is."""
+    """The body of a GET_MAPPED reply: one ``MAPPED_ENTRY`` per key (a ``Location`` as its
+    size, segment count and generation; a copied payload as its size and ``INLINE``; a
+    miss as ``MISSING``), then every location's ``SEGMENT``s in order, then the inline
+    payloads, each sent as it is."""
     table = np.zeros(len(results), dtype=MAPPED_ENTRY)
-    inline = []
+    segments, inline = [], []
     for row, r in zip(table, results, strict=True):
         if r is None:
             row["size"] = MISSING
         elif isinstance(r, Location):
-            row["size"], row["offset"], row["generation"] = r.size, r.offset, r.generation
+            row["size"], row["segments"], row["generation"] = r.size, len(r.segments), r.generation
+            segments += r.segments
         else:
-            row["size"], row["offset"] = len(r), INLINE
+            row["size"], row["segments"] = len(r), INLINE
             inline.append(r)
-    return [table.tobytes(), *inline]
+    return [table.tobytes(), np.array(segments, dtype=SEGMENT).tobytes(), *inline]
 
 
 def parse_get_mapped(body: memoryview, count: int, slab_bytes: int) -> list[Location | memoryview | None]:
     """A GET_MAPPED reply: per key a ``Location`` in the slab, an inline payload (a view
-    into ``body``) or ``None``. Locations are checked against the slab's size."""
+    into ``body``) or ``None``. Every segment is checked against the slab's size, and a
+    location's segments against its size."""
     table_len = count * MAPPED_ENTRY.itemsize
     if len(body) < table_len:
         raise FrameError(f"get_mapped reply of {len(body)} B cannot hold {count} entries")
-    table = np.frombuffer(body, dtype=MAPPED_ENTRY, count=count)
+    table = np.frombuffer(body, dtype=MAPPED_ENTRY, count=count).tolist()
+    nseg = sum(n for size, n, _ in table if size >= 0 and n > 0)
+    offset = table_len + nseg * SEGMENT.itemsize
+    if offset > len(body) or any(n == 0 or n < INLINE for size, n, _ in table if size >= 0):
+        raise FrameError(f"get_mapped reply of {len(body)} B cannot hold its {nseg} segments, or counts none")
+    segments = np.frombuffer(body, dtype=SEGMENT, count=nseg, offset=table_len).tolist()
     out: list[Location | memoryview | None] = []
-    offset = table_len
-    for size, where, generation in table.tolist():
+    taken = 0
+    for size, n, generation in table:
         if size == MISSING:
             out.append(None)
         elif size < 0:
             raise FrameError(f"get_mapped reply claims a block of {size} B")
-        elif where == INLINE:
+        elif n == INLINE:
             if offset + size > len(body):
                 raise FrameError(f"get_mapped reply claims an inline payload of {size} B past its body")
             out.append(body[offset : offset + size])
             offset += size
-        elif where < 0 or where + size > slab_bytes:
-            raise FrameError(f"get_mapped reply locates {size} B at {where}, outside the {slab_bytes} B slab")
         else:
-            out.append(Location(where, size, generation))
+            mine = tuple(segments[taken : taken + n])
+            taken += n
+            if sum(n for _, n in mine) != size or any(start + n > slab_bytes for start, n in mine):
+                raise FrameError(f"get_mapped reply locates {size} B in segments {mine} that do not add up "
+                                 f"or leave the {slab_bytes} B slab")
+            out.append(Location(mine, size, generation))
     if offset != len(body):
         raise FrameError(f"get_mapped reply has {len(body) - offset} B past its last payload")
     return out

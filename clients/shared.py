@@ -70,7 +70,10 @@ class SharedSlab:
             if size > dest.nbytes:
                 raise ValueError(f"a {size} B block does not fit its {dest.nbytes} B buffer")
             if isinstance(r, Location):
-                dest[:size] = self.data[r.offset : r.offset + size]
+                done = 0
+                for start, n in r.segments:
+                    dest[done : done + n] = self.data[start : start + n]
+                    done += n
                 located.append(i)
             else:
                 dest[:size] = r

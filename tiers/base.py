@@ -62,11 +62,16 @@ def make_block(key: bytes, parent: bytes, depth: int, payload: bytes | memoryvie
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a block lies in a tier's shared memory (see ``tiers.sharedmem``)."""
+    """Where a block lies in a host slab (see ``tiers.sharedmem``): its bytes are these
+    segments, in order (one for nearly every block)."""
 
-    offset: int  # bytes from the start of the shared slab
+    segments: tuple[tuple[int, int], ...]  # (bytes from the start of the slab, length)
     size: int
     generation: int  # of the block's first page when located; a copy is whole if it is unchanged
+
+    @property
+    def offset(self) -> int:
+        return self.segments[0][0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +126,13 @@ class Tier(ABC):
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
         """Where each block lies in the tier's host memory (to send from, or for a
-        same-host client to copy out of when it is shared); ``None`` for blocks that are
-        not in one contiguous piece there (every block, for tiers without ``locates``)."""
+        same-host client to copy out of when it is shared); ``None`` for blocks it lacks
+        (every block, for tiers without ``locates``)."""
         return [None] * len(keys)
 
-    def view(self, where: Location) -> memoryview:
-        """The bytes at a location ``locate_many`` gave (valid while it is ``current``)."""
+    def view(self, where: Location) -> list[memoryview]:
+        """The bytes at a location ``locate_many`` gave, a view per segment (valid while
+        it is ``current``)."""
         raise NotImplementedError(f"{self.name} locates no blocks")
 
     def current(self, located: list[Location]) -> list[bool]:

@@ -184,20 +184,25 @@ class SlabTier(Tier):
         sharedmem.fence()  # the bumps are visible before any freed page is written again
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
-        """Where each block lies in a host slab: one contiguous run (nearly all blocks),
-        else ``None`` (absent, spread over several runs, or the slab is on a GPU)."""
+        """Where each block lies in a host slab: its runs as byte segments (one for nearly
+        every block); ``None`` when absent or the slab is on a GPU."""
         out: list[Location | None] = []
+        page = self.page_size
         for key in keys:
             entry = self._blocks.get(key) if self.locates else None
-            if entry is None or len(entry[1]) != 1:
+            if entry is None:
                 out.append(None)
                 continue
-            size, ((first, _),) = entry
-            out.append(Location(first * self.page_size, size, int(self._gens[first])))
+            size, runs = entry
+            segments, left = [], size
+            for first, count in runs:
+                segments.append((first * page, min(count * page, left)))
+                left -= segments[-1][1]
+            out.append(Location(tuple(segments), size, int(self._gens[runs[0][0]])))
         return out
 
-    def view(self, where: Location) -> memoryview:
-        return self._host_view[where.offset : where.offset + where.size]
+    def view(self, where: Location) -> list[memoryview]:
+        return [self._host_view[start : start + n] for start, n in where.segments]
 
     def current(self, located: list[Location]) -> list[bool]:
         first_pages = np.array([w.offset // self.page_size for w in located], dtype=np.int64)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from cacheserver import protocol as p
+from cacheserver.dataplane import DataPlane, Limits
 from clients.cache_client import CacheClient
 from clients.calls import Plan, Request
 from clients.connection import Connection
@@ -22,6 +23,8 @@ from clients.url import parse_url
 from tests.cacheserver.blocks import chain
 from tiers import sharedmem
 from tiers.base import Location
+from tiers.slab import dram_tier
+from tiers.store import TieredStore
 
 pytestmark = pytest.mark.skipif(not sharedmem.supported(), reason="shared memory needs x86-64 Linux")
 
@@ -135,3 +138,31 @@ def test_a_client_that_opts_out_never_maps(served):
         assert c.put(blocks) == 2
         assert [bytes(g) for g in c.get(keys_of(blocks))] == [b[3] for b in blocks]
         assert c.counters.mapped_bytes == 0
+
+
+def test_a_block_spread_over_several_runs_is_sent_and_copied_whole():
+    """A slab fragmented on purpose (no data plane socket needed): a block in two runs goes
+    out whole over GET (two segments sent from the slab) and through shared memory."""
+    store = TieredStore([dram_tier(4 * 1024, page_size=1024, shared=True)])
+    plane = DataPlane(store, Limits(max_frame_bytes=1 << 20, max_batch=8))
+    singles = chain("single", 4, size=1024)
+    plane.handle(p.Header(p.Op.PUT, 1, 4, 0), memoryview(b"".join(bytes(b) for b in p.put_buffers(singles))))
+    plane.handle(p.Header(p.Op.DELETE, 2, 2, 0), memoryview(p.keys_body([singles[1][0], singles[3][0]])))
+    spread = chain("spread", 1, size=2000)
+    plane.handle(p.Header(p.Op.PUT, 3, 1, 0), memoryview(b"".join(bytes(b) for b in p.put_buffers(spread))))
+    key = p.keys_body([spread[0][0]])
+
+    reply = plane.handle(p.Header(p.Op.GET, 4, 1, 16), memoryview(key))
+    body = b"".join(bytes(memoryview(b)) for b in reply.buffers) + reply.trailer()
+    reply.sent()
+    assert bytes(p.parse_get(memoryview(body), 1)[0]) == spread[0][3]
+
+    mapped = plane.handle(p.Header(p.Op.MAP, 5, 0, 0), memoryview(b""), local=True)
+    slab = SharedSlab(list(mapped.fds), p.parse_map(bytes(mapped.buffers[0])), ClientCounters())
+    for fd in mapped.fds:
+        os.close(fd)
+    reply = plane.handle(p.Header(p.Op.GET_MAPPED, 6, 1, 16), memoryview(key))
+    where = p.parse_get_mapped(memoryview(b"".join(bytes(b) for b in reply.buffers)), 1, slab.slab_bytes)
+    reply.sent()
+    assert len(where[0].segments) == 2
+    assert bytes(slab.copy_out(where)[0]) == spread[0][3]
