@@ -1,13 +1,19 @@
-"""The store over a flash tier that stops writing (disk full, I/O error): evictions and
-deletes that cannot reach flash are counted and logged, never raised; and in durable mode
-(``write_through``) a put flash did not take is refused, never acknowledged."""
+"""The store over a flash tier that stops writing (a full disk): evictions and deletes
+that cannot reach flash are counted and logged, never raised; and in durable mode
+(``write_through``) a put flash did not take is refused, never acknowledged.
+
+The disk fills for real: the file-size limit of this process (``RLIMIT_FSIZE``) is set to
+the LMDB file's size, so every commit that needs to write past it, puts and deletes alike,
+fails with EFBIG as on a full disk (Python ignores the SIGXFSZ that comes with it)."""
 
 from __future__ import annotations
+
+import os
+import resource
 
 import pytest
 
 from tests.tiers.conftest import PAGE, chain, one
-from tiers.base import TierWriteError
 from tiers.flash import FlashTier
 from tiers.slab import dram_tier
 from tiers.store import NotDurableError, TieredStore
@@ -26,29 +32,22 @@ def two_tiers(tmp_path):
         return store, tier
 
     yield build
+    heal()
     for s in stores:
         s.close(persist=False)
 
 
-def break_writes(tier: FlashTier) -> list[list[bytes]]:
-    """Make every put and delete of ``tier`` fail as a full disk does; returns the list the
-    keys of each delete tried meanwhile are appended to."""
-    tried: list[list[bytes]] = []
-
-    def fail_delete(keys):
-        tried.append(list(keys))
-        raise TierWriteError("flash: write failed: File too large")
-
-    def fail_put(blocks):
-        raise TierWriteError("flash: write failed: File too large")
-
-    tier.put_many = fail_put
-    tier.delete_many = fail_delete
-    return tried
+_NO_LIMIT = resource.getrlimit(resource.RLIMIT_FSIZE)
 
 
-def heal(tier: FlashTier) -> None:
-    del tier.put_many, tier.delete_many  # the class's methods again
+def break_writes(tier: FlashTier) -> None:
+    """Fill the disk under ``tier``: no file of this process may grow past its LMDB file."""
+    size = os.path.getsize(os.path.join(tier.path, "data.mdb"))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, _NO_LIMIT[1]))
+
+
+def heal() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, _NO_LIMIT)
 
 
 def flash_stats(store: TieredStore) -> dict:
@@ -62,9 +61,9 @@ def test_evictions_and_deletes_on_a_broken_flash_degrade_and_finish_after_it_hea
         store.put([blk])
     assert [store.info(k.key)["tiers"] for k in (a, b, c, d)] == [["flash"], ["flash"], ["dram"], ["dram"]]
 
-    tried = break_writes(flash)
-    assert store.put([e]) == 1  # c is evicted from DRAM; making room for it in flash evicts a
-    assert tried == [[a.key]]  # ... whose delete fails: counted, not raised
+    break_writes(flash)
+    assert store.put([e]) == 1  # c is evicted from DRAM; making room for it in flash evicts a,
+    # whose delete fails (counted, not raised), and c's write fails too
     assert a.key not in store and c.key not in store  # a forgotten, c dropped (not demoted)
     assert store.delete([b.key]) == 1 and b.key not in store  # a delete the same
     assert store.get([d.key, e.key]) == [d.payload, e.payload]  # DRAM keeps serving
@@ -73,7 +72,7 @@ def test_evictions_and_deletes_on_a_broken_flash_degrade_and_finish_after_it_hea
     assert "File too large" in s["write_problem"]
     assert flash.contains(a.key) and flash.contains(b.key)  # their bytes are still there
 
-    heal(flash)
+    heal()
     assert store.put([f]) == 1  # e is demoted: flash writes again, and the deletes finish
     assert flash_stats(store)["write_problem"] == ""
     assert not flash.contains(a.key) and not flash.contains(b.key)
@@ -86,7 +85,7 @@ def test_a_block_written_again_is_spared_by_the_deletes_owed(two_tiers):
     store.put([a])
     break_writes(flash)
     assert store.delete([a.key]) == 1  # flash still holds its bytes: a delete is owed
-    heal(flash)
+    heal()
     assert store.put([a]) == 1  # the first good write is a itself: it no longer owes one
     assert flash.contains(a.key) and store.info(a.key)["tiers"] == ["dram", "flash"]
 
@@ -100,7 +99,7 @@ def test_durable_mode_refuses_a_put_flash_did_not_take(two_tiers):
     assert all(blk.key not in store for blk in blocks)  # not even in DRAM: nothing half-kept
     assert store.stats()["not_durable"] == 2 and store.stats()["puts"] == 0
 
-    heal(flash)
+    heal()
     assert store.put(blocks) == 2  # a retry writes them through
     assert [store.info(blk.key)["tiers"] for blk in blocks] == [["dram", "flash"]] * 2
 
