@@ -248,45 +248,56 @@ class TieredStore:
 
     def _fetch(self, keys: Sequence[bytes], arena: memoryview | None, locate: bool = False,
                hold: bool = False) -> list:
-        now = time.time()
         with self._lock:
             plan = self._plan_reads(keys, arena)
             out: list = [None] * len(plan)
             served = [-1] * len(plan)
             self._read_planned(plan, out, served, locate)
-            if hold:
-                self._held.update(row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location))
-            promote: list[Block] = []
-            touched: list[bytes] = []
-            for i, (key, meta, dest) in enumerate(plan):
-                if meta is not None and out[i] is None and meta.tiers:  # fastest copy failed
-                    out[i], served[i] = self._read(key, meta, dest)
-                t = served[i]
-                self.counters.gets += 1
-                if t < 0:
-                    self.counters.misses += 1
-                    for s in self._tiers:
-                        s.counters.misses += 1
-                    continue
-                self.counters.hits += 1
-                for s in self._tiers[:t]:
-                    s.counters.misses += 1
-                c = self._tiers[t].counters
-                c.hits += 1
-                c.bytes_out += meta.size
-                meta.hits += 1
-                meta.last_access = now
-                touched.append(key)
-                if t > 0 and self.promote_on_read and meta.pinned != t and not isinstance(out[i], Location):
-                    promote.append(Block(key, meta.parent, meta.depth, out[i], meta.size))
-            if promote:
-                self._moving = {b.key for b in promote}
-                try:
-                    self._tiers[0].counters.promotions += len(self._place(0, promote))
-                finally:
-                    self._moving = set()
-            self._touch_chain(touched)
+            # Held before ``_account_reads`` promotes, which may evict from the same slab.
+            located = [row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location)]
+            held = located if hold else []
+            self._held.update(held)
+            try:
+                self._account_reads(plan, out, served)
+            except BaseException:
+                self.release(held)
+                raise
         return out
+
+    def _account_reads(self, plan: list[tuple], out: list, served: list[int]) -> None:
+        """After ``_read_planned``: retry failed copies, count hits and misses, promote,
+        touch the chains read."""
+        now = time.time()
+        promote: list[Block] = []
+        touched: list[bytes] = []
+        for i, (key, meta, dest) in enumerate(plan):
+            if meta is not None and out[i] is None and meta.tiers:  # fastest copy failed
+                out[i], served[i] = self._read(key, meta, dest)
+            t = served[i]
+            self.counters.gets += 1
+            if t < 0:
+                self.counters.misses += 1
+                for s in self._tiers:
+                    s.counters.misses += 1
+                continue
+            self.counters.hits += 1
+            for s in self._tiers[:t]:
+                s.counters.misses += 1
+            c = self._tiers[t].counters
+            c.hits += 1
+            c.bytes_out += meta.size
+            meta.hits += 1
+            meta.last_access = now
+            touched.append(key)
+            if t > 0 and self.promote_on_read and meta.pinned != t and not isinstance(out[i], Location):
+                promote.append(Block(key, meta.parent, meta.depth, out[i], meta.size))
+        if promote:
+            self._moving = {b.key for b in promote}
+            try:
+                self._tiers[0].counters.promotions += len(self._place(0, promote))
+            finally:
+                self._moving = set()
+        self._touch_chain(touched)
 
     def _plan_reads(self, keys: Sequence[bytes], arena: memoryview | None) -> list[tuple]:
         """(key, meta or None, destination view or None) per key; with an arena, stops
