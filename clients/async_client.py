@@ -117,6 +117,8 @@ class AsyncCacheClient:
                 if conn is not None:
                     conn.close()
                 error = ConnectionError(str(e)) if isinstance(e, asyncio.IncompleteReadError) else e
+                if isinstance(error, ConnectionError):
+                    await self.close()  # the service likely restarted: every idle one is stale too
                 wait = self.guard.failed(error, attempt)
                 if wait is None:
                     return plan.fallback

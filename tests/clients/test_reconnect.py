@@ -4,10 +4,12 @@ miss (the first one that fails takes the others with it)."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from clients.async_client import AsyncCacheClient
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
 from tests.cacheserver.blocks import chain
@@ -49,3 +51,22 @@ def test_the_breaker_opened_by_an_outage_lets_the_client_back_after_its_cooldown
     assert c.lookup(keys_of(blocks)) == ["dram", "dram"]
     assert c.counters.failures == failures
     c.close()
+
+
+def test_the_async_client_drops_stale_pooled_connections_too(serve_factory):
+    served = serve_factory(flash_gb=0, inject_delay_ms=100)
+    blocks = chain("stale-async", 2)
+
+    async def scenario() -> AsyncCacheClient:
+        c = AsyncCacheClient(served.data_url)
+        assert sum(await asyncio.gather(*(c.put(blocks) for _ in range(6)))) == 2
+        assert c.counters.connects == 6
+        served.stop(signal.SIGKILL)
+        served.start()
+        assert await c.put(blocks) == 2  # the first stale connection fails; the retry reconnects
+        await c.close()
+        return c
+
+    c = asyncio.run(scenario())
+    assert c.counters.failures == 0 and c.counters.connection_errors == 1
+    assert c.counters.connects == 7
