@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
+from clients.sharded import ShardedCacheClient, open_client
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _LOG_EVERY_S = 30.0
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    url: str  # kvtier://host:port or unix:///path
+    url: str  # kvtier://host:port or unix:///path; several, comma-separated: sharded
     fetch_timeout_s: float = 2.0  # the longest a request waits for its cached prefix
     save_queue_blocks: int = 1024  # blocks waiting to be saved; more are dropped
     save_batch_blocks: int = 32  # blocks per put request
@@ -46,8 +47,10 @@ class ConnectorConfig:
     client_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("kvtier://", "unix://")):
-            raise ValueError(f"cache URL {self.url!r} must be kvtier://host:port or unix:///path")
+        for url in self.url.split(","):
+            if not url.strip().startswith(("kvtier://", "unix://")):
+                raise ValueError(f"cache URL {url!r} must be kvtier://host:port or unix:///path "
+                                 "(several: comma-separated)")
         if self.fetch_timeout_s <= 0 or self.save_queue_blocks < 1 or self.save_batch_blocks < 1:
             raise ValueError("fetch_timeout_s, save_queue_blocks and save_batch_blocks must be positive")
 
@@ -93,9 +96,9 @@ class CacheConnector:
     """Engine-thread methods: ``start_fetch``, ``completed``, ``wait``, ``save``, ``reject``.
     Everything that touches the network runs on the connector's own threads."""
 
-    def __init__(self, config: ConnectorConfig, client: CacheClient | None = None):
+    def __init__(self, config: ConnectorConfig, client: CacheClient | ShardedCacheClient | None = None):
         self.config = config
-        self.client = client or CacheClient(config.url, ClientOptions(timeout=config.client_timeout_s))
+        self.client = client or open_client(config.url, ClientOptions(timeout=config.client_timeout_s))
         self.stats = ConnectorStats()
         self._pool = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="kvtier-fetch")
         self._pending: dict[str, tuple[Future, float]] = {}  # request id -> (fetch, deadline)

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--default-max-tokens", type=int, default=256,
                    help="max_tokens when a request gives none (default 256)")
     p.add_argument("--cache-url", help="the cache service's data plane (kvtier://HOST:PORT or "
-                   "unix:///PATH); without it only the local prefix cache is used")
+                   "unix:///PATH; several, comma-separated, shard the blocks over those services by "
+                   "a consistent-hash ring); without it only the local prefix cache is used")
     p.add_argument("--cache-timeout", type=float, default=2.0,
                    help="the longest a request waits for its cached prefix, in seconds (default 2)")
     p.add_argument("--pin-system-prompt", metavar="FILE",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 
+import httpx
 import pytest
 
 from clients.cache_client import CacheClient
@@ -131,3 +132,18 @@ def test_a_secret_hash_seed_changes_every_key_but_not_the_output(served, referen
     assert_same(out, reference)
     assert out.cached_tokens_by_source == {"local": 0, "dram": 20}
     assert run(engine(served.data_url)).num_cached_tokens == 0  # without it: nothing to hit
+
+
+def test_replicas_sharding_over_two_services_share_their_prefixes(serve_factory, reference):
+    """``--cache-url A,B``: the blocks of a prompt spread over both services, and a second
+    replica finds the whole prefix across them."""
+    services = [serve_factory(), serve_factory()]
+    urls = ",".join(s.data_url for s in services)
+    assert_same(run(engine(urls)), reference)
+    held = [len(CacheClient(s.data_url).lookup(engine().hasher().keys(PROMPT)[:1])) for s in services]
+    out = run(engine(urls))
+    assert_same(out, reference)
+    assert out.cached_tokens_by_source == {"local": 0, "dram": 20}
+    blocks = [httpx.get(s.rest_url + "/v1/stats").json()["blocks"] for s in services]
+    assert all(n > 0 for n in blocks) and sum(blocks) >= 5  # both hold some of the 5 full blocks
+    assert sum(held) == 1  # the first block lives on exactly one of them
