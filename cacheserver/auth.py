@@ -26,8 +26,9 @@ class AdminAuth:
             given = auth[7:].strip()
         if not given:
             self.refusals["missing"] += 1
-            raise HTTPException(401, "this server needs the admin token for changes: send "
-                                "'Authorization: Bearer TOKEN'", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "this server needs the admin token for changes and for reading "
+                                "blocks: send 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(given.encode(), self._token):
             self.refusals["wrong"] += 1
             raise HTTPException(403, "the admin token is wrong")

@@ -66,7 +66,10 @@ def create_app(store: TieredStore, config: ServeConfig, plane: DataPlaneCounters
     def get_config() -> dict:
         return config.public()
 
-    @app.post("/v1/lookup")
+    # Reads that name blocks need the token too: with it, tenants cannot probe or read each
+    # other's blocks here (a lookup by tokens and another tenant's salt would say whether that
+    # tenant's prompt is cached).
+    @app.post("/v1/lookup", dependencies=[admin])
     def lookup(sel: BlockSelection) -> dict:
         keys = selected_keys(sel)
         tiers = store.lookup(keys)
@@ -77,17 +80,17 @@ def create_app(store: TieredStore, config: ServeConfig, plane: DataPlaneCounters
             out["root"] = hasher_for(sel).root.hex()
         return out
 
-    @app.get("/v1/blocks")
+    @app.get("/v1/blocks", dependencies=[admin])
     def list_blocks(tier: str | None = None, pinned: bool | None = None,
                     offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10_000)) -> dict:
         rows = store.list_blocks(tier, pinned, offset, limit)
         return {"blocks": rows, "offset": offset, "limit": limit, "total": len(store)}
 
-    @app.get("/v1/blocks/{key}")
+    @app.get("/v1/blocks/{key}", dependencies=[admin])
     def show_block(key: str) -> dict:
         return store.info(parse_key(key))
 
-    @app.get("/v1/blocks/{key}/data")
+    @app.get("/v1/blocks/{key}/data", dependencies=[admin])
     def block_data(key: str) -> Response:
         payload = store.get([parse_key(key)])[0]
         if payload is None:

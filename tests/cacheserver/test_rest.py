@@ -11,7 +11,8 @@ AUTH = {"Authorization": "Bearer secret"}
 
 @pytest.fixture(scope="module")
 def api(module_server):
-    with httpx.Client(base_url=module_server.rest_url, timeout=10) as client:
+    """A client that sends the admin token with every request."""
+    with httpx.Client(base_url=module_server.rest_url, headers=AUTH, timeout=10) as client:
         yield client
 
 
@@ -98,9 +99,20 @@ def test_bad_input_gets_a_4xx_with_a_message(api, method, path, kwargs, status):
 
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "Bearer wrong"}, 403),
                                                  ({"X-Admin-Token": "wrong"}, 403)])
-def test_mutations_need_the_admin_token(api, headers, status):
-    key = "ef" * 16
-    assert api.delete(f"/v1/blocks/{key}", headers=headers).status_code == status
-    assert api.post("/v1/flush", json={}, headers=headers).status_code == status
-    assert api.put(f"/v1/blocks/{key}?parent={key}", content=b"x", headers=headers).status_code == status
-    assert api.get("/v1/stats", headers=headers).status_code == 200  # reads need none
+def test_mutations_and_reads_of_blocks_need_the_admin_token(api, headers, status):
+    blocks = chain("rest-auth", 2)
+    put(api, blocks[0])
+    key = blocks[0][0].hex()
+    with httpx.Client(base_url=api.base_url, headers=headers, timeout=10) as other:
+        assert other.delete(f"/v1/blocks/{key}").status_code == status
+        assert other.post("/v1/flush", json={}).status_code == status
+        assert other.put(f"/v1/blocks/{key}?parent={key}", content=b"x").status_code == status
+        # Reading blocks, or asking whether a tenant's prompt is cached, needs it too.
+        assert other.get("/v1/blocks").status_code == status
+        assert other.get(f"/v1/blocks/{key}").status_code == status
+        assert other.get(f"/v1/blocks/{key}/data").status_code == status
+        lookup = {"tokens": list(range(8)), "block_size": 4, "salt": "rest-auth"}
+        assert other.post("/v1/lookup", json=lookup).status_code == status
+        # Aggregates need none.
+        assert other.get("/v1/stats").status_code == 200 and other.get("/metrics").status_code == 200
+    assert api.post("/v1/lookup", json=lookup).json()["blocks"] == 1
