@@ -90,14 +90,10 @@ class Connection:
         try:
             if not first:
                 raise PeerClosed("cache service closed the connection")
-            self._header[: len(first)] = first
-            self._recv(memoryview(self._header)[len(first) :], deadline)
-            header = p.unpack_header(self._header)
-            body = memoryview(bytearray(min(header.body_len, 1 << 16)))
-            self._recv(body, deadline)
+            header, body = self._read_reply(deadline, first)
+            if header.request_id != request_id:
+                raise p.FrameError(f"reply {header.request_id} out of order (expected {request_id})")
             check_reply(header, body)
-            if header.request_id != request_id or header.body_len > len(body):
-                raise p.FrameError("map reply is out of order or oversize")
             return fds, p.parse_map(body)
         except BaseException:
             for fd in fds:
@@ -124,8 +120,10 @@ class Connection:
             parts.append(plan.parse(header.count, body))
         return plan.merge(parts)
 
-    def _read_reply(self, deadline: float) -> tuple[p.Header, memoryview]:
-        self._recv(memoryview(self._header), deadline)
+    def _read_reply(self, deadline: float, received: bytes = b"") -> tuple[p.Header, memoryview]:
+        """The next reply; ``received``: the first bytes of its header, already read."""
+        self._header[: len(received)] = received
+        self._recv(memoryview(self._header)[len(received) :], deadline)
         header = p.unpack_header(self._header)
         if header.body_len > self.max_reply_bytes:
             raise p.FrameError(f"a reply claims {header.body_len} B, over the client's limit of "

@@ -20,7 +20,7 @@ import numpy as np
 
 from clients.counters import ClientCounters
 from tiers.base import Location
-from tiers.sharedmem import fence, map_read_only
+from tiers.sharedmem import fence, map_read_only, unchanged
 
 STALE = "stale"  # copy_out's answer for a block the service moved while it was copied
 
@@ -80,9 +80,8 @@ class SharedSlab:
             out.append(dest[:size])
         if located:
             fence()  # the copies above complete before the generations are read
-            first_pages = np.array([results[i].offset // self.page_size for i in located], dtype=np.int64)
-            told = np.array([results[i].generation for i in located], dtype=np.uint64)
-            for i in np.flatnonzero(self.generations[first_pages] != told).tolist():
+            whole = unchanged(self.generations, self.page_size, [results[i] for i in located])
+            for i in np.flatnonzero(~whole).tolist():
                 out[located[i]] = STALE
                 self.counters.stale_blocks += 1
             self.counters.mapped_bytes += sum(results[i].size for i in located)

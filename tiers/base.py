@@ -123,6 +123,7 @@ class Tier(ABC):
         return [self.read_into(k, d) for k, d in zip(keys, dests, strict=True)]
 
     locates: bool = False  # answers ``locate_many`` (a host slab)
+    shared: bool = False  # other processes on this host may map its memory (``tiers.sharedmem``)
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
         """Where each block lies in the tier's host memory (to send from, or for a

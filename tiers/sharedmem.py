@@ -66,6 +66,15 @@ class SharedRegion:
         os.close(self._fd)
 
 
+def unchanged(generations: np.ndarray, page_size: int, located: list) -> np.ndarray:
+    """Whether each ``Location`` still holds the block it was located for: the generation
+    of its first page is the one it was told. (All of a block's pages are bumped together
+    when it is freed, so the first page speaks for the block.)"""
+    first_pages = np.array([w.offset // page_size for w in located], dtype=np.int64)
+    told = np.array([w.generation for w in located], dtype=np.uint64)
+    return generations[first_pages] == told
+
+
 def map_read_only(fd: int, nbytes: int) -> np.ndarray:
     """A client's read-only view of a region whose descriptor it received."""
     if os.fstat(fd).st_size < nbytes:

@@ -205,9 +205,7 @@ class SlabTier(Tier):
         return [self._host_view[start : start + n] for start, n in where.segments]
 
     def current(self, located: list[Location]) -> list[bool]:
-        first_pages = np.array([w.offset // self.page_size for w in located], dtype=np.int64)
-        told = np.array([w.generation for w in located], dtype=np.uint64)
-        return (self._gens[first_pages] == told).tolist()
+        return sharedmem.unchanged(self._gens, self.page_size, located).tolist()
 
     def share(self) -> tuple[list[int], dict]:
         """Read-only descriptors of the slab and its generations (the caller closes them)

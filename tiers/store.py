@@ -141,7 +141,7 @@ class TieredStore:
     @property
     def shared_tier(self) -> Tier | None:
         """The tier whose memory same-host clients may map, if any."""
-        return next((s.tier for s in self._tiers if getattr(s.tier, "shared", False)), None)
+        return next((s.tier for s in self._tiers if s.tier.shared), None)
 
     @property
     def locating_tier(self) -> Tier | None:
