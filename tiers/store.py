@@ -254,9 +254,10 @@ class TieredStore:
             served = [-1] * len(plan)
             self._read_planned(plan, out, served, locate)
             # Held before ``_account_reads`` promotes, which may evict from the same slab.
-            located = [row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location)]
-            held = located if hold else []
-            self._held.update(held)
+            held = []
+            if hold:
+                held = [row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location)]
+                self._held.update(held)
             try:
                 self._account_reads(plan, out, served)
             except BaseException:
@@ -457,8 +458,9 @@ class TieredStore:
                 self._unplace(b.key, meta)
 
     def _unplace(self, key: bytes, meta: BlockMeta) -> None:
-        """Take back a block this put added but does not keep (none of its tiers counted it
-        as a child of its parent yet)."""
+        """Delete a block from every tier and the index, its parent's child count aside (a
+        put that does not keep a block it added never counted it; ``_remove_everywhere``
+        uncounts it)."""
         for t in range(len(self._tiers)):
             if meta.tiers >> t & 1:
                 self._delete_from(t, [key])
@@ -718,11 +720,7 @@ class TieredStore:
             return n
 
     def _remove_everywhere(self, key: bytes, meta: BlockMeta) -> None:
-        for t in range(len(self._tiers)):
-            if meta.tiers >> t & 1:
-                self._delete_from(t, [key])
-                self._forget_in(t, key, meta)
-        del self._index[key]
+        self._unplace(key, meta)
         parent = self._index.get(meta.parent)
         if parent is not None:
             parent.children -= 1
