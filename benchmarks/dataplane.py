@@ -378,19 +378,22 @@ def verdict(results: dict) -> dict:
         one = cells.get("1")
         if one is None:
             continue
-        get_ratio = one["kvtier_get_gbps"] / max(one["redis_get_gbps"], 1e-9)
-        unix_ratio = one["unix_get_gbps"] / max(one["memcpy_gbps"], 1e-9)
+
+        def ratio(system: str, limit: str, one=one) -> float:
+            return one[f"{system}_gbps"] / max(one[f"{limit}_gbps"], 1e-9)
+
+        get_ratio, unix_ratio = ratio("kvtier_get", "redis_get"), ratio("unix_get", "memcpy")
         out[size_name] = {
             "kvtier_get_vs_redis": round(get_ratio, 2),
             "kvtier_get_vs_redis_met": get_ratio >= TARGETS["get_vs_redis_1_client"],
             "unix_get_vs_memcpy": round(unix_ratio, 3),
             "unix_get_vs_memcpy_met": unix_ratio >= TARGETS["unix_get_vs_memcpy"],
             # Context: how close each path comes to its own limit.
-            "bare_tcp_vs_redis": round(one["bare_tcp_gbps"] / max(one["redis_get_gbps"], 1e-9), 2),
-            "kvtier_get_vs_bare_tcp": round(one["kvtier_get_gbps"] / max(one["bare_tcp_gbps"], 1e-9), 2),
-            "unix_get_vs_bare_unix": round(one["unix_get_gbps"] / max(one["bare_unix_gbps"], 1e-9), 2),
-            "shm_get_vs_redis": round(one["shm_get_gbps"] / max(one["redis_get_gbps"], 1e-9), 2),
-            "shm_get_into_vs_memcpy": round(one["shm_get_into_gbps"] / max(one["memcpy_gbps"], 1e-9), 3),
+            "bare_tcp_vs_redis": round(ratio("bare_tcp", "redis_get"), 2),
+            "kvtier_get_vs_bare_tcp": round(ratio("kvtier_get", "bare_tcp"), 2),
+            "unix_get_vs_bare_unix": round(ratio("unix_get", "bare_unix"), 2),
+            "shm_get_vs_redis": round(ratio("shm_get", "redis_get"), 2),
+            "shm_get_into_vs_memcpy": round(ratio("shm_get_into", "memcpy"), 3),
         }
     return out
 
