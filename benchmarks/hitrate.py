@@ -209,10 +209,17 @@ def add_savings(report: dict, args: argparse.Namespace, block_tokens: int, num_r
         r["savings"] = savings(r, num_requests, d)
 
 
+_SHOWN_GAP = 0.005
+
+
 def print_table(report: dict) -> None:
     results = report["results"]
     fractions = sorted({r["capacity_fraction"] for r in results})
-    gaps = {(g["policy"], g["capacity_fraction"]): g["value"] for g in report["gap_closed"]}
+    bel = {b["capacity_fraction"]: b["hit_rate"] for b in report["belady"]}
+    lru = {r["capacity_fraction"]: r["hit_rate"] for r in results if r["policy"] == "lru"}
+    # A share of a gap under half a point is noise in a percentage: left blank (kept in the JSON).
+    gaps = {(g["policy"], g["capacity_fraction"]): g["value"] for g in report["gap_closed"]
+            if bel[g["capacity_fraction"]] - lru[g["capacity_fraction"]] >= _SHOWN_GAP}
     print(f"{report['trace']}: {report['requests']} requests, {report['distinct_blocks']} distinct blocks, "
           f"unlimited cache {100 * report['unlimited_hit_rate']:.1f}%")
     print("hit rate % (gap to Belady closed vs LRU)")
@@ -224,6 +231,5 @@ def print_table(report: dict) -> None:
             gap = gaps.get((p, f))
             row += f"{100 * cells[p, f]:>8.1f}" + (f" ({100 * gap:>4.0f}%)" if gap is not None else " " * 8)
         print(f"{p:<10}{row}")
-    bel = {b["capacity_fraction"]: b["hit_rate"] for b in report["belady"]}
     print(f"{'belady':<10}" + "".join(f"{100 * bel[f]:>8.1f}        " for f in fractions))
     print(f"wall time {report['wall_seconds']:.1f} s")

@@ -543,9 +543,7 @@ class TieredStore:
         """Evict at least ``amount`` bytes from tier ``t``, or nothing (returning False)."""
         s = self._tiers[t]
         victims, freed = [], 0
-        for key in self._victims(t):
-            if key in protect or key in self._moving or key in self._held:
-                continue
+        for key in self._victims(t, protect):
             victims.append(key)
             freed += s.tier.footprint(self._index[key].size)
             if freed >= amount:
@@ -555,19 +553,35 @@ class TieredStore:
         self._evict(t, victims)
         return True
 
-    def _victims(self, t: int) -> Iterator[bytes]:
-        """Tier ``t``'s candidates in policy order, leaves (or blocks that stay reachable
-        in a lower tier) first."""
-        deferred: list[bytes] = []
+    def _victims(self, t: int, protect: set[bytes]) -> Iterator[bytes]:
+        """Tier ``t``'s evictable blocks in policy order, leaves (or blocks that stay
+        reachable in a lower tier) first. A block whose children have all been chosen in
+        this pass is a leaf from then on: a batch takes a chain's tail, deepest first, in
+        the order the policy ranks it, rather than the last block of many chains."""
+        deferred: dict[bytes, BlockMeta] = {}  # blocks with children, in policy order
+        chosen: dict[bytes, int] = {}  # parent -> its children chosen in this pass
         last = len(self._tiers) - 1
-        for key in self._tiers[t].policy.candidates():
-            meta = self._index[key]
-            if meta.children == 0 or t < last or meta.tiers >> (t + 1):
-                yield key
-            else:
-                deferred.append(key)
+
+        def free(key: bytes, meta: BlockMeta) -> bool:
+            return meta.children <= chosen.get(key, 0) or t < last or bool(meta.tiers >> (t + 1))
+
+        for candidate in self._tiers[t].policy.candidates():
+            if candidate in protect or candidate in self._moving or candidate in self._held:
+                continue
+            key, meta = candidate, self._index[candidate]
+            if not free(key, meta):
+                deferred[key] = meta
                 if len(deferred) >= _LEAF_SCAN_LIMIT:
                     break
+                continue
+            while True:  # the victim, then each deferred ancestor it frees
+                yield key
+                key = meta.parent
+                chosen[key] = chosen.get(key, 0) + 1
+                meta = deferred.get(key)
+                if meta is None or not free(key, meta):
+                    break
+                del deferred[key]
         yield from deferred
 
     def _evict(self, t: int, victims: list[bytes]) -> None:

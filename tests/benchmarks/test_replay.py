@@ -12,8 +12,8 @@ from tiers.policy import POLICIES
 def reference_lru(requests: list[Request], capacity: int) -> float:
     """LRU with prefix semantics, from scratch: hit the leading cached run, make room for the
     missing blocks oldest first, then every block of the request becomes the newest, its
-    first block last. Like the store, one round of eviction takes leaves first: a block
-    with a cached child when the round starts goes only after every leaf."""
+    first block last. Like the store, eviction takes leaves first, and a block whose
+    cached children have all been taken in the same round is a leaf from then on."""
     cache: OrderedDict[int, None] = OrderedDict()  # oldest first
     parent: dict[int, int] = {}
     hits = total = 0
@@ -27,7 +27,7 @@ def reference_lru(requests: list[Request], capacity: int) -> float:
         missing = [i for i in ids if i not in cache]
         excess = len(cache) + len(missing) - capacity
         if excess > 0:
-            for i in leaves_first(cache, {parent[i] for i in cache})[:excess]:
+            for i in leaves_first(cache, parent)[:excess]:
                 del cache[i]
         for p, i in zip((-1, *ids), ids, strict=False):
             parent[i] = p
@@ -37,17 +37,28 @@ def reference_lru(requests: list[Request], capacity: int) -> float:
     return hits / total
 
 
-def leaves_first(cache: OrderedDict[int, None], parents: set[int], scan_limit: int = 64) -> list[int]:
-    """The store's victim order: leaves in LRU order; the first ``scan_limit`` blocks with
-    children are deferred, and the scan stops when that many are."""
-    order, deferred = [], []
+def leaves_first(cache: OrderedDict[int, None], parent: dict[int, int], scan_limit: int = 64) -> list[int]:
+    """The store's victim order: blocks without cached children in LRU order, where taking
+    a block's last cached child makes it take its turn at once if it was passed over; the
+    first ``scan_limit`` blocks passed over stop the scan and come last."""
+    children: dict[int, int] = {}
     for i in cache:
-        if i not in parents:
-            order.append(i)
-        else:
-            deferred.append(i)
+        children[parent[i]] = children.get(parent[i], 0) + 1
+    order, deferred = [], []
+    for candidate in cache:
+        if children.get(candidate, 0):
+            deferred.append(candidate)
             if len(deferred) == scan_limit:
                 break
+            continue
+        i = candidate
+        while True:
+            order.append(i)
+            i = parent[i]
+            children[i] = children.get(i, 0) - 1
+            if children[i] or i not in deferred:
+                break
+            deferred.remove(i)
     return order + deferred
 
 
@@ -55,10 +66,10 @@ def run(requests: list[Request], capacity: int, policy: str) -> dict:
     return replay(request_blocks(requests, 100), [TierSpec("dram", capacity * 100)], policy)
 
 
-# Agent contexts reach 171 blocks: below ~400 a put can need more victims than one
-# leaves-first scan offers, and the store then places block by block.
+# Agent contexts reach 171 blocks: at 200 a put needs nearly every leaf and whole tails.
 @pytest.mark.parametrize(("name", "capacity"), [("chat", 250), ("chat", 400), ("system-prompts", 250),
-                                                ("system-prompts", 400), ("agent", 400)])
+                                                ("system-prompts", 400), ("agent", 200), ("agent", 400),
+                                                ("mix", 250), ("rag", 250)])
 def test_store_lru_matches_reference_lru_exactly(name, capacity):
     requests = generate(name, seed=3, num_requests=300)
     assert run(requests, capacity, "lru")["hit_rate"] == reference_lru(requests, capacity)

@@ -65,6 +65,18 @@ def test_eviction_skips_blocks_with_children(make_store):
     assert store.stats()["stranded"] == 0
 
 
+def test_a_batch_eviction_takes_the_oldest_chains_tail_not_a_leaf_from_each_chain(make_store):
+    store = make_store(dram=9)
+    old, mid, new = chain("old", 3), chain("mid", 3), chain("new", 3)
+    for c in (old, mid, new):  # least recent first
+        store.put(c)
+    store.put(chain("x", 2))  # room for two: the old chain's two deepest blocks go
+    assert store.lookup(keys_of(old)) == ["dram"]
+    assert store.lookup(keys_of(mid)) == ["dram"] * 3
+    assert store.lookup(keys_of(new)) == ["dram"] * 3
+    assert store.stats()["stranded"] == 0
+
+
 def test_eviction_demotes_and_read_promotes(make_store):
     store = make_store(dram=2, flash=8)
     a, b, c = one("a"), one("b"), one("c")
