@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 DEFAULT_CAPACITIES = (0.01, 0.02, 0.05, 0.1, 0.2)
-DEFAULT_POLICIES = ("lru", "fifo", "slru", "mq", "default")
+DEFAULT_POLICIES = ("lru", "fifo", "slru", "mq", "adaptive", "default")
 # One 512-token block of SmolLM2-135M's KV cache in bf16: 30 layers x K,V x 3 heads x 64 x 2 B.
 DEFAULT_BLOCK_BYTES = 30 * 2 * 3 * 64 * 2 * 512
 _TIER_FLAGS = ("hbm", "dram", "flash")

@@ -12,7 +12,6 @@ Adding a policy is one class and one entry in ``POLICIES``.
 from __future__ import annotations
 
 import heapq
-import itertools
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -36,6 +35,11 @@ class EvictionPolicy(ABC):
     def candidates(self) -> Iterator[bytes]:
         """Evictable keys, most evictable first. The caller does not mutate the policy
         while it iterates."""
+
+    def observe(self, keys: list[bytes]) -> None:
+        """A request's keys from depth 0, as the store is asked about them (a lookup),
+        whether or not they are resident. Only policies that simulate need it."""
+        return None
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -115,7 +119,7 @@ class SLRUPolicy(EvictionPolicy):
 
 
 class MultiQueuePolicy(EvictionPolicy):
-    """Recency within frequency classes, with a memory of evicted blocks: the default.
+    """Recency within frequency classes, with a memory of evicted blocks.
 
     Why not plain LRU: in a prefix cache most blocks are used once (the unique tail of a
     prompt), while a block that has been reused is far more likely to be reused again (on
@@ -127,8 +131,8 @@ class MultiQueuePolicy(EvictionPolicy):
     2001, built for second-level caches whose reuse distances are long, like this one).
 
     - Uses count store hits (``meta.hits``), not puts, and survive eviction: a bounded
-      history (one entry per resident block at most) remembers the uses of evicted blocks,
-      so a conversation whose blocks were evicted between turns comes back in its class.
+      history (``history`` entries per resident block) remembers the uses of evicted
+      blocks, so a conversation whose blocks were evicted between turns comes back in its class.
     - The offset adapts online (no per-trace tuning): when evicted once-used blocks come
       back (a history hit) more often than evicted reused ones, the cache is too hard on
       new blocks and the offset shrinks, toward plain LRU; otherwise it grows. At large
@@ -143,14 +147,18 @@ class MultiQueuePolicy(EvictionPolicy):
     _CLASSES = 4
     _ADAPT_EVERY = 256  # removals between offset updates; counts halve at each update
     _STEP = 1.2
-    _OFFSET_RANGE = (1 / 64, 2.0)  # in resident-block counts of insert time
+    _MIN_OFFSET = 1 / 64  # in resident-block counts of insert time
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = 1, max_offset: float = 2.0) -> None:
+        """``history``: evicted keys remembered, per resident key. ``max_offset``: the
+        most extra time per class, in resident-block counts of insert time."""
         self._queues: list[OrderedDict[bytes, int]] = [OrderedDict() for _ in range(self._CLASSES)]
         self._uses: dict[bytes, tuple[int, int, int]] = {}  # key -> (earlier uses, hits at insert, class)
         self._history: OrderedDict[bytes, int] = OrderedDict()  # evicted key -> uses; oldest first
+        self._history_factor = history
+        self._max_offset = max_offset
         self._clock = 0
-        self._offset = 0.25
+        self._offset = min(0.25, max_offset)
         self._returned = [0.0, 0.0]  # history hits of once-used / reused blocks
         self._evicted = [1.0, 1.0]
         self._removals = 0
@@ -171,12 +179,13 @@ class MultiQueuePolicy(EvictionPolicy):
         earlier, hits0, old = self._uses[key]
         uses = earlier + meta.hits - hits0 + 1
         c = min(uses.bit_length() - 1, self._CLASSES - 1)
-        if old not in (-1, c):
-            del self._queues[old][key]
         q = self._queues[c]
         q[key] = self._clock
         q.move_to_end(key)
-        self._uses[key] = (earlier, hits0, c)
+        if c != old:
+            if old != -1:
+                del self._queues[old][key]
+            self._uses[key] = (earlier, hits0, c)
 
     def remove(self, key: bytes) -> None:
         entry = self._uses.pop(key, None)
@@ -186,7 +195,7 @@ class MultiQueuePolicy(EvictionPolicy):
         del self._queues[c][key]
         uses = earlier + 1 if c == 0 else 1 << c  # the class floor is enough to classify it later
         self._history[key] = uses
-        while len(self._history) > max(len(self._uses), 1):
+        while len(self._history) > max(self._history_factor * len(self._uses), 1):
             self._history.popitem(last=False)
         self._evicted[uses > 1] += 1
         self._removals += 1
@@ -197,14 +206,19 @@ class MultiQueuePolicy(EvictionPolicy):
         """Give time to the group whose evicted blocks come back more often."""
         once = self._returned[0] / self._evicted[0]
         reused = self._returned[1] / self._evicted[1]
-        lo, hi = self._OFFSET_RANGE
         grown, shrunk = self._offset * self._STEP, self._offset / self._STEP
-        self._offset = min(hi, grown) if reused > once else max(lo, shrunk)
+        floor = min(self._MIN_OFFSET, self._max_offset)
+        self._offset = min(self._max_offset, grown) if reused > once else max(floor, shrunk)
         self._returned = [x / 2 for x in self._returned]
         self._evicted = [x / 2 for x in self._evicted]
 
     def candidates(self) -> Iterator[bytes]:
-        step = self._offset * len(self._uses)
+        return self.order(self._max_offset)
+
+    def order(self, offset_cap: float) -> Iterator[bytes]:
+        """The candidates as if the offset were at most ``offset_cap`` (0: by recency
+        alone, to the resolution of the insert clock)."""
+        step = min(self._offset, offset_cap) * len(self._uses)
         ranked = [_by_priority(q, c * step) for c, q in enumerate(self._queues) if q]
         return (key for _, key in heapq.merge(*ranked))
 
@@ -212,108 +226,104 @@ class MultiQueuePolicy(EvictionPolicy):
         return len(self._uses)
 
 
-class DuelingPolicy(EvictionPolicy):
-    """LRU or multi-queue, whichever is winning now: a duel between two shadow caches.
+class AdaptivePolicy(EvictionPolicy):
+    """Multi-queue with the protection it gives reused blocks chosen by simulation: the
+    default.
 
-    Why: ``MultiQueuePolicy`` beats LRU where reuse is skewed (shared prompts, RAG
-    documents) but loses where the cache is large enough that protecting reused blocks
-    keeps dead conversations (the Mooncake trace at 20%), and neither wins on every
-    workload. This policy keeps both orders over the resident keys (every insert, touch
-    and remove goes to both, O(1) each) and evicts by the one that is winning now, so it
-    does about as well as the better of the two on each workload.
+    Why: how much extra time reused blocks deserve depends on the workload and the cache
+    size, and ``MultiQueuePolicy``'s own adaptation (from which evicted blocks come back)
+    gets it wrong in both directions: too little at 1% of the Mooncake trace, too much at
+    20% (where it loses to LRU) and on the mixed workload, where long-lived protected
+    blocks squeeze out the newest blocks of running agents. The right amount is whatever
+    hits most, so this policy measures that directly.
 
-    The winner is decided online, the way CPU caches pick an insertion policy (set
-    dueling, DIP: Qureshi et al. 2007) and ARC weighs recency against frequency with
-    ghost lists: two metadata-only shadow caches, one evicting by LRU and one by
-    multi-queue, replay the same requests, and the real cache follows the one that has
-    been hitting more.
+    - One multi-queue structure over the resident keys, with a history 16 times as long
+      as ``mq``'s (a block evicted between a conversation's turns keeps its use class),
+      and an exact LRU order beside it. Eviction follows one of ``caps``: the multi-queue
+      order with its offset capped at that many resident-counts (0 is plain LRU).
+    - One shadow cache per cap: metadata-only, as large as the most keys ever resident
+      here, evicting leaves first as the store does. Each sees every request the store
+      is asked about (``observe``, from ``TieredStore.lookup``: a request's keys from
+      depth 0) and counts its prefix hits as the store does. Scores are the hit blocks of
+      each shadow, decayed by ``decay`` per request on which the shadows differ (a
+      window of about 50 such requests); the policy follows the best shadow once it
+      leads the followed one by ``hysteresis``, so it does not flap on noise. A request
+      is replayed when the next one is observed, once the store has put it, so that the
+      shadows' size counts it.
+    - This is set dueling (Qureshi et al. 2007) with full shadows rather than sampled
+      sets: a block is worth nothing once its prefix is gone, so per-key samples misjudge
+      prefix hits.
 
-    - Requests are read off the store's calls: a put ends by touching every block of the
-      request, deepest first, down to depth 0 (touches whose ``meta.hits`` grew are the
-      get's hits before it, and are skipped). At depth 0 the buffered request goes to both
-      shadows, shallow first, and each counts its hits as the store does: the longest run
-      of leading blocks it holds. Shadows evict leaves first, as the store does. A chain
-      that breaks off above depth 0 (a block resident only in another tier) is dropped.
-    - Each shadow is as large as the most keys ever resident here (a full tier holds its
-      capacity, which a policy is not told). The shadows see every request, not a sample:
-      sampled keys or per-key hits misjudge the duel, because a block is worth nothing
-      once its prefix is gone (per-key shadows favoured multi-queue on the agent workload
-      at 2%, where it loses to LRU on prefix hits).
-    - A request on which one shadow hits more blocks steps a saturating counter in
-      ``[-limit, limit]`` toward its policy. The cache follows multi-queue above
-      ``+margin`` and LRU below ``-margin`` (hysteresis: it does not flap on noise); the
-      saturation bounds how long an old winner is remembered once the workload changes.
-
-    Cost: three policies' metadata per resident key, O(1) work per operation for each
-    (a request's blocks are buffered once). ``switches`` counts changes of the followed
-    policy, ``shadow_hits`` each shadow's hit blocks.
+    Cost per operation: O(1) for the LRU order, O(log classes) per candidate for the
+    multi-queue; per request, one replay in each shadow. Memory: the resident keys held
+    by ``len(caps)`` shadows and the real structures, plus the histories (16 keys per
+    resident key each, for the real structure and the multi-queue shadows). Requests the
+    store is not asked about (a ``get`` or ``put`` with no ``lookup`` first) still
+    update the structures but not the scores.
     """
 
-    def __init__(self, limit: int = 64, margin: int = 16) -> None:
+    CAPS = (0.0, 1 / 8, 1 / 4, 1 / 2, 2.0)
+    HISTORY = 16
+
+    def __init__(self, caps: tuple[float, ...] = CAPS, history: int = HISTORY,
+                 decay: float = 0.98, hysteresis: float = 1.02) -> None:
+        if not caps:
+            raise ValueError("AdaptivePolicy needs at least one offset cap")
+        self._caps = caps
         self._lru = LRUPolicy()
-        self._mq = MultiQueuePolicy()
-        self._shadows = {"lru": _Shadow(LRUPolicy()), "mq": _Shadow(MultiQueuePolicy())}
-        self._limit, self._margin = limit, margin
-        self._score = 0  # > 0: the multi-queue shadow has been hitting more
-        self._evict_by: EvictionPolicy = self._mq
-        self._hits: dict[bytes, int] = {}  # resident key -> meta.hits at its last touch
-        self._request: list[tuple[bytes, bytes | None]] = []  # (key, parent), deepest first
+        self._mq = MultiQueuePolicy(history=history)
+        self._shadows = [_Shadow(LRUPolicy() if cap == 0 else MultiQueuePolicy(history, cap))
+                         for cap in caps]
+        self._scores = [0.0] * len(caps)
+        self._decay, self._hysteresis = decay, hysteresis
+        self._following = len(caps) - 1
         self._most_resident = 0
+        self._pending: list[bytes] = []
         self.switches = 0
 
     @property
-    def following(self) -> str:
-        """The policy that orders evictions now: ``"lru"`` or ``"mq"``."""
-        return "mq" if self._evict_by is self._mq else "lru"
+    def following(self) -> float:
+        """The offset cap that orders evictions now (0.0: LRU)."""
+        return self._caps[self._following]
 
     @property
-    def shadow_hits(self) -> dict[str, int]:
-        return {name: s.hits for name, s in self._shadows.items()}
+    def shadow_hits(self) -> dict[float, int]:
+        return {cap: s.hits for cap, s in zip(self._caps, self._shadows, strict=True)}
 
     def insert(self, key: bytes, meta: Any) -> None:
         self._lru.insert(key, meta)
         self._mq.insert(key, meta)
-        self._hits[key] = meta.hits
         self._most_resident = max(self._most_resident, len(self._lru))
 
     def touch(self, key: bytes, meta: Any) -> None:
-        hits = self._hits.get(key)
-        if hits is None:
-            return
         self._lru.touch(key, meta)
         self._mq.touch(key, meta)
-        if meta.hits != hits:  # a get's hit: the put's touches that follow carry the request
-            self._hits[key] = meta.hits
-            return
-        if self._request and self._request[-1][1] != key:
-            self._request.clear()  # not the parent of the last one: that chain ended above depth 0
-        self._request.append((key, None if meta.depth == 0 else meta.parent))
-        if meta.depth == 0:
-            self._replay(reversed(self._request))
-            self._request.clear()
-
-    def _replay(self, request: Iterator[tuple[bytes, bytes | None]]) -> None:
-        """One request, shallow first, through both shadows; the counter steps toward
-        the one that hit more of its blocks."""
-        keys = list(request)
-        lru_hits = self._shadows["lru"].request(keys, self._most_resident)
-        mq_hits = self._shadows["mq"].request(keys, self._most_resident)
-        if lru_hits == mq_hits:
-            return
-        self._score = max(-self._limit, min(self._limit, self._score + (1 if mq_hits > lru_hits else -1)))
-        winner = (self._mq if self._score > self._margin else
-                  self._lru if self._score < -self._margin else self._evict_by)
-        if winner is not self._evict_by:
-            self._evict_by = winner
-            self.switches += 1
 
     def remove(self, key: bytes) -> None:
         self._lru.remove(key)
         self._mq.remove(key)
-        self._hits.pop(key, None)
+
+    def observe(self, keys: list[bytes]) -> None:
+        """Replay the previous request in the shadows, and keep this one for the next
+        call: by then its put has happened, so the shadows' size counts it."""
+        previous, self._pending = self._pending, keys
+        if not previous or not self._most_resident:
+            return
+        chain = list(zip(previous, [None, *previous[:-1]], strict=True))
+        hits = [s.request(chain, self._most_resident) for s in self._shadows]
+        if min(hits) == max(hits):
+            return
+        scores = self._scores
+        for i, h in enumerate(hits):
+            scores[i] = scores[i] * self._decay + h
+        best = max(range(len(scores)), key=scores.__getitem__)
+        if scores[best] > scores[self._following] * self._hysteresis:
+            self._following = best
+            self.switches += 1
 
     def candidates(self) -> Iterator[bytes]:
-        return self._evict_by.candidates()
+        cap = self._caps[self._following]
+        return self._lru.candidates() if cap == 0 else self._mq.order(cap)
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -330,11 +340,8 @@ class _ShadowMeta:
 
 
 class _Shadow:
-    """A metadata-only cache of keys evicting by ``policy``, leaves first as the store
-    does: it answers how many leading blocks of a request a cache of a given capacity
-    would have held."""
-
-    _LEAF_SCAN = 64
+    """A metadata-only cache of keys evicting by ``policy`` as the store does: it answers
+    how many leading blocks of a request a cache of a given capacity would have held."""
 
     def __init__(self, policy: EvictionPolicy) -> None:
         self._policy = policy
@@ -347,45 +354,52 @@ class _Shadow:
         the store caches it: the hit blocks are touched (the get), room is made for the
         missing ones, which go in shallow first, and every block is touched deepest first
         (the put: an ancestor ends up more recent than its descendants)."""
+        metas, policy = self._metas, self._policy
         hit = 0
-        while hit < len(keys) and keys[hit][0] in self._metas:
+        while hit < len(keys) and keys[hit][0] in metas:
             hit += 1
         for key, _ in reversed(keys[:hit]):  # the get's touches
-            meta = self._metas[key]
+            meta = metas[key]
             meta.hits += 1
-            self._policy.touch(key, meta)
-        new = [(k, p) for k, p in keys if k not in self._metas][:capacity]
-        while self._metas and len(self._metas) + len(new) > capacity:
-            self._evict()
+            policy.touch(key, meta)
+        new = [(k, p) for k, p in keys[hit:] if k not in metas][:capacity]
+        if len(metas) + len(new) > capacity:
+            self._evict(len(metas) + len(new) - capacity)
         for key, parent in new:
-            self._metas[key] = _ShadowMeta(parent)
+            meta = metas[key] = _ShadowMeta(parent)
             if parent is not None:
                 self._children[parent] = self._children.get(parent, 0) + 1
-            self._policy.insert(key, self._metas[key])
+            policy.insert(key, meta)
         for key, _ in reversed(keys):  # the put's touches
-            meta = self._metas.get(key)
+            meta = metas.get(key)
             if meta is not None:
-                self._policy.touch(key, meta)
+                policy.touch(key, meta)
         self.hits += hit
         return hit
 
-    def _evict(self) -> None:
-        """Evict the policy's first leaf among its first candidates, else its first."""
-        first = victim = None
-        for key in itertools.islice(self._policy.candidates(), self._LEAF_SCAN):
-            if key not in self._children:
-                victim = key
-                break
-            first = key if first is None else first
-        victim = first if victim is None else victim
-        self._policy.remove(victim)
-        parent = self._metas.pop(victim).parent
-        if parent is not None:
-            left = self._children[parent] - 1
-            if left:
-                self._children[parent] = left
-            else:
-                del self._children[parent]
+    def _evict(self, need: int) -> None:
+        """``need`` victims in one pass over the candidates, as ``TieredStore`` takes
+        them: a leaf, or a block whose children were all taken earlier in the pass."""
+        children, metas = self._children, self._metas
+        taken: list[bytes] = []
+        freed: dict[bytes, int] = {}
+        for key in self._policy.candidates():
+            if children.get(key, 0) == freed.get(key, 0):
+                taken.append(key)
+                parent = metas[key].parent
+                if parent is not None:
+                    freed[parent] = freed.get(parent, 0) + 1
+                if len(taken) == need:
+                    break
+        for key in taken:
+            self._policy.remove(key)
+            parent = metas.pop(key).parent
+            if parent is not None:
+                left = children[parent] - 1
+                if left:
+                    children[parent] = left
+                else:
+                    del children[parent]
 
 
 def _by_priority(queue: OrderedDict[bytes, int], offset: float) -> Iterator[tuple[float, bytes]]:
@@ -397,9 +411,9 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
     "fifo": FIFOPolicy,
     "slru": SLRUPolicy,
     "mq": MultiQueuePolicy,
-    "duel": DuelingPolicy,
+    "adaptive": AdaptivePolicy,
 }
-DEFAULT_POLICY = "mq"
+DEFAULT_POLICY = "adaptive"
 
 
 def make_policy(name: str) -> EvictionPolicy:

@@ -168,10 +168,15 @@ class TieredStore:
         """The tier of each leading key that is present; stops at the first missing one.
 
         ``len(result)`` is the number of cached leading blocks. Counts nothing and touches
-        nothing: a lookup is a question, the ``get`` that follows is the use.
+        nothing: a lookup is a question, the ``get`` that follows is the use. Each tier's
+        policy is told the question (``observe``): a lookup is how the store learns where
+        a request begins, which adaptive policies replay in their shadow caches.
         """
+        keys = list(keys)
         out = []
         with self._lock:
+            for s in self._tiers:
+                s.policy.observe(keys)
             for key in keys:
                 meta = self._index.get(key)
                 if meta is None:

@@ -3,7 +3,7 @@ import pytest
 from tiers.policy import (
     DEFAULT_POLICY,
     POLICIES,
-    DuelingPolicy,
+    AdaptivePolicy,
     FIFOPolicy,
     LRUPolicy,
     MultiQueuePolicy,
@@ -93,8 +93,8 @@ def test_multiqueue_remembers_uses_of_evicted_blocks():
     assert len(mq) == 3
 
 
-def test_default_policy_is_multiqueue():
-    assert DEFAULT_POLICY == "mq" and isinstance(make_policy("default"), MultiQueuePolicy)
+def test_default_policy_is_adaptive():
+    assert DEFAULT_POLICY == "adaptive" and isinstance(make_policy("default"), AdaptivePolicy)
 
 
 def serve(policy, requests: list[list[bytes]], capacity: int) -> int:
@@ -103,6 +103,7 @@ def serve(policy, requests: list[list[bytes]], capacity: int) -> int:
     metas: dict[bytes, BlockMeta] = {}
     hits = 0
     for keys in requests:
+        policy.observe(keys)  # the lookup
         hit = 0
         while hit < len(keys) and keys[hit] in metas:
             hit += 1
@@ -144,59 +145,74 @@ def hot_set_and_scans(capacity: int) -> list[list[bytes]]:
     return out
 
 
-def test_duel_follows_lru_on_shifting_loops():
+def test_adaptive_follows_lru_on_shifting_loops():
     requests = shifting_loops(16)
-    lru, mq = serve(LRUPolicy(), requests, 16), serve(MultiQueuePolicy(), requests, 16)
-    duel = DuelingPolicy(limit=8, margin=2)
-    hits = serve(duel, requests, 16)
+    lru, mq = serve(LRUPolicy(), requests, 16), serve(MultiQueuePolicy(history=16), requests, 16)
+    adaptive = AdaptivePolicy()
+    hits = serve(adaptive, [*requests, []], 16)  # the empty request replays the last one
     assert (lru, mq) == (720, 633)
-    assert duel.following == "lru" and duel.switches == 1
-    assert duel.shadow_hits == {"lru": 720, "mq": 633}  # the shadows replay the same cache
-    assert hits == 717  # the first phases, before the switch, go as mq's
+    assert adaptive.following == 0.0 and adaptive.switches == 1
+    assert adaptive.shadow_hits[0.0] == lru  # the LRU shadow replays the same cache
+    assert mq < hits < lru  # the first phases, before the switch, go as multi-queue's
 
 
-def test_duel_follows_mq_on_scans():
+def test_adaptive_follows_multi_queue_on_scans():
     requests = hot_set_and_scans(16)
-    duel = DuelingPolicy(limit=8, margin=2)
-    hits = serve(duel, requests, 16)
+    adaptive = AdaptivePolicy()
+    hits = serve(adaptive, requests, 16)
     assert serve(LRUPolicy(), requests, 16) == 0
-    assert hits == serve(MultiQueuePolicy(), requests, 16) == 100
-    assert duel.following == "mq" and duel.switches == 0
+    assert hits == serve(MultiQueuePolicy(history=16), requests, 16) == 100
+    assert adaptive.following > 0 and adaptive.switches == 0
 
 
-def test_duel_is_deterministic():
+def test_adaptive_is_deterministic():
     requests = shifting_loops(32) + hot_set_and_scans(32)
-    runs = [DuelingPolicy(limit=8, margin=2), DuelingPolicy(limit=8, margin=2)]
+    runs = [AdaptivePolicy(), AdaptivePolicy()]
     assert serve(runs[0], requests, 32) == serve(runs[1], requests, 32)
     assert list(runs[0].candidates()) == list(runs[1].candidates())
-    assert runs[0].shadow_hits == runs[1].shadow_hits and runs[0].switches == runs[1].switches == 2
+    assert runs[0].shadow_hits == runs[1].shadow_hits and runs[0].switches == runs[1].switches > 0
 
 
-def test_duel_shadows_count_the_hit_prefix_of_each_request():
-    duel = DuelingPolicy()
-    # Three blocks at most: r-a-b fills it; x evicts b, the deepest and least recent.
-    assert serve(duel, [[b"r", b"a", b"b"], [b"x"], [b"r", b"a", b"b"]], 3) == 2
-    assert duel.shadow_hits == {"lru": 2, "mq": 2}  # r and a, as the cache counts them
+def test_adaptive_shadows_count_the_hit_prefix_of_each_request():
+    adaptive = AdaptivePolicy(caps=(0.0, 2.0))
+    # Three blocks at most: r-a-b fills it; x evicts b, the deepest and least recent. A
+    # request is replayed in the shadows when the next is observed: the empty one last.
+    assert serve(adaptive, [[b"r", b"a", b"b"], [b"x"], [b"r", b"a", b"b"], []], 3) == 2
+    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2}  # r and a, as the cache counts them
 
 
-def test_duel_ignores_touches_of_unknown_keys_and_keeps_both_orders():
-    duel = DuelingPolicy(limit=1, margin=0)
+def test_adaptive_ignores_unknown_keys_and_orders_by_the_followed_cap():
+    adaptive = AdaptivePolicy()
     m = {k: meta() for k in (b"a", b"b", b"c")}
     for k, v in m.items():
-        duel.insert(k, v)
+        adaptive.insert(k, v)
     m[b"a"].hits = 1
-    duel.touch(b"a", m[b"a"])
-    duel.touch(b"unknown", meta())
-    assert duel.following == "mq" and list(duel.candidates()) == [b"b", b"c", b"a"]
-    duel.remove(b"b")
-    duel.remove(b"unknown")
-    assert len(duel) == 2 and list(duel.candidates()) == [b"c", b"a"]
+    adaptive.touch(b"a", m[b"a"])
+    adaptive.touch(b"unknown", meta())
+    assert adaptive.following == 2.0 and list(adaptive.candidates()) == [b"b", b"c", b"a"]
+    adaptive.remove(b"b")
+    adaptive.remove(b"unknown")
+    assert len(adaptive) == 2 and list(adaptive.candidates()) == [b"c", b"a"]
+    with pytest.raises(ValueError, match="offset cap"):
+        AdaptivePolicy(caps=())
 
 
-def test_duel_in_the_store_is_at_least_as_good_as_lru_on_loops():
+def test_multi_queue_order_with_a_zero_cap_is_recency():
+    mq = MultiQueuePolicy()
+    m = {k: meta() for k in (b"a", b"b", b"c")}
+    for k, v in m.items():
+        mq.insert(k, v)
+    m[b"a"].hits = 3  # class 2: protected by the offset, not without it
+    mq.touch(b"a", m[b"a"])
+    mq.insert(b"d", meta())
+    assert list(mq.candidates()) == [b"b", b"c", b"d", b"a"]
+    assert list(mq.order(0.0)) == [b"b", b"a", b"c", b"d"]  # by last-touch clock; ties by key
+
+
+def test_adaptive_in_the_store_sees_requests_through_lookup_and_beats_mq_on_loops():
     from benchmarks.replay import TierSpec, replay
     from tiers.base import Block
 
     requests = [[Block(k.rjust(16, b"k"), b"\0" * 16, 0, None, 1) for k in r] for r in shifting_loops(16)]
-    rates = {p: replay(requests, [TierSpec("dram", 16)], p)["hit_rate"] for p in ("lru", "mq", "duel")}
-    assert rates["mq"] < rates["duel"] <= rates["lru"]
+    rates = {p: replay(requests, [TierSpec("dram", 16)], p)["hit_rate"] for p in ("lru", "mq", "adaptive")}
+    assert rates["mq"] < rates["adaptive"] <= rates["lru"]
