@@ -12,10 +12,15 @@ Adding a policy is one class and one entry in ``POLICIES``.
 from __future__ import annotations
 
 import heapq
+import itertools
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+# How many blocks with children the victim search skips before it gives up looking for a
+# leaf; bounds the search so eviction stays O(1) in the common case.
+LEAF_SCAN_LIMIT = 64
 
 
 class EvictionPolicy(ABC):
@@ -378,20 +383,12 @@ class _Shadow:
         return hit
 
     def _evict(self, need: int) -> None:
-        """``need`` victims in one pass over the candidates, as ``TieredStore`` takes
-        them: a leaf, or a block whose children were all taken earlier in the pass."""
+        """``need`` victims, taken as ``TieredStore`` takes them (``leaves_first``)."""
         children, metas = self._children, self._metas
-        taken: list[bytes] = []
-        freed: dict[bytes, int] = {}
-        for key in self._policy.candidates():
-            if children.get(key, 0) == freed.get(key, 0):
-                taken.append(key)
-                parent = metas[key].parent
-                if parent is not None:
-                    freed[parent] = freed.get(parent, 0) + 1
-                if len(taken) == need:
-                    break
-        for key in taken:
+        victims = list(itertools.islice(
+            leaves_first(self._policy.candidates(), lambda k: children.get(k, 0),
+                         lambda k: metas[k].parent, LEAF_SCAN_LIMIT), need))
+        for key in victims:
             self._policy.remove(key)
             parent = metas.pop(key).parent
             if parent is not None:
@@ -400,6 +397,38 @@ class _Shadow:
                     children[parent] = left
                 else:
                     del children[parent]
+
+
+def leaves_first(candidates: Iterable[bytes], held_children: Callable[[bytes], int],
+                 parent_of: Callable[[bytes], bytes | None], scan_limit: int) -> Iterator[bytes]:
+    """``candidates`` (a policy's order) with leaves first, the victim order of the store
+    and of the shadow caches.
+
+    ``held_children(key)``: the children that evicting ``key`` would strand (0 for a
+    leaf). A key whose children have all been yielded is a leaf from then on, and comes
+    right after the last of them: a batch takes the tail of the chain the policy ranks
+    first, deepest first, rather than the last block of many chains. At most
+    ``scan_limit`` keys with children wait; after that, or when the candidates run out,
+    the waiting ones follow in policy order, children or not.
+    """
+    waiting: dict[bytes, None] = {}  # keys with children, in policy order
+    chosen: dict[bytes | None, int] = {}  # parent -> its children yielded so far
+    for key in candidates:
+        if held_children(key) > chosen.get(key, 0):
+            waiting[key] = None
+            if len(waiting) >= scan_limit:
+                break
+            continue
+        victim = key
+        while True:  # the victim, then each waiting ancestor it frees
+            yield victim
+            parent = parent_of(victim)
+            chosen[parent] = chosen.get(parent, 0) + 1
+            if parent not in waiting or held_children(parent) > chosen[parent]:
+                break
+            del waiting[parent]
+            victim = parent
+    yield from waiting
 
 
 def _by_priority(queue: OrderedDict[bytes, int], offset: float) -> Iterator[tuple[float, bytes]]:

@@ -38,13 +38,10 @@ from tiers.base import (
     TierWriteError,
     UnknownBlockError,
 )
-from tiers.policy import EvictionPolicy, make_policy
+from tiers.policy import LEAF_SCAN_LIMIT, EvictionPolicy, leaves_first, make_policy
 
 log = logging.getLogger(__name__)
 
-# How many blocks with children the victim search skips before it gives up looking for a
-# leaf; bounds the search so eviction stays O(1) in the common case.
-_LEAF_SCAN_LIMIT = 64
 # Share of a tier's blocks evicted when its backing store is full before its byte count.
 _MAP_FULL_SHARE = 1 / 16
 
@@ -559,35 +556,14 @@ class TieredStore:
         return True
 
     def _victims(self, t: int, protect: set[bytes]) -> Iterator[bytes]:
-        """Tier ``t``'s evictable blocks in policy order, leaves (or blocks that stay
-        reachable in a lower tier) first. A block whose children have all been chosen in
-        this pass is a leaf from then on: a batch takes a chain's tail, deepest first, in
-        the order the policy ranks it, rather than the last block of many chains."""
-        deferred: dict[bytes, BlockMeta] = {}  # blocks with children, in policy order
-        chosen: dict[bytes, int] = {}  # parent -> its children chosen in this pass
-        last = len(self._tiers) - 1
-
-        def free(key: bytes, meta: BlockMeta) -> bool:
-            return meta.children <= chosen.get(key, 0) or t < last or bool(meta.tiers >> (t + 1))
-
-        for candidate in self._tiers[t].policy.candidates():
-            if candidate in protect or candidate in self._moving or candidate in self._held:
-                continue
-            key, meta = candidate, self._index[candidate]
-            if not free(key, meta):
-                deferred[key] = meta
-                if len(deferred) >= _LEAF_SCAN_LIMIT:
-                    break
-                continue
-            while True:  # the victim, then each deferred ancestor it frees
-                yield key
-                key = meta.parent
-                chosen[key] = chosen.get(key, 0) + 1
-                meta = deferred.get(key)
-                if meta is None or not free(key, meta):
-                    break
-                del deferred[key]
-        yield from deferred
+        """Tier ``t``'s evictable blocks in policy order, leaves first (``leaves_first``).
+        Above the last tier every block is a leaf: an evicted block moves down, so its
+        descendants stay reachable."""
+        index, last, moving, held = self._index, len(self._tiers) - 1, self._moving, self._held
+        candidates = (k for k in self._tiers[t].policy.candidates()
+                      if k not in protect and k not in moving and k not in held)
+        return leaves_first(candidates, lambda k: index[k].children if t == last else 0,
+                            lambda k: index[k].parent, LEAF_SCAN_LIMIT)
 
     def _evict(self, t: int, victims: list[bytes]) -> None:
         s = self._tiers[t]
