@@ -143,37 +143,41 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
     # "default" is replayed once, under its own name, when that policy is listed too.
     aliases = {"default": DEFAULT_POLICY} if "default" in policies and DEFAULT_POLICY in policies else {}
     runs = [p for p in dict.fromkeys(policies) if p not in aliases]
-    jobs = [("belady", f, t) for f, t in stores] + [(p, f, t) for p in runs for f, t in stores]
+    jobs = [(ref, f, t) for ref in _OFFLINE for f, t in stores] + [(p, f, t) for p in runs for f, t in stores]
     ctx = multiprocessing.get_context("fork")  # workers inherit _TRACE without pickling it
-    results, belady = [], []
+    results: list[dict] = []
+    offline: dict[str, list[dict]] = {ref: [] for ref in _OFFLINE}
     with ProcessPoolExecutor(max(1, min(workers, len(jobs))), mp_context=ctx) as pool:
         futures = {pool.submit(_job, name, tiers, block_bytes): (name, f) for name, f, tiers in jobs}
         for fut in tqdm(as_completed(futures), total=len(jobs), desc="replays", file=sys.stderr):
             name, f = futures[fut]
-            if name == "belady":
-                belady.append({"capacity_fraction": f, "hit_rate": fut.result()})
+            if name in offline:
+                offline[name].append({"capacity_fraction": f, "hit_rate": fut.result()})
             else:
                 results.append({"policy": name, "capacity_fraction": f, **fut.result()})
     for alias, name in aliases.items():
         results += [{**r, "policy": alias} for r in results if r["policy"] == name]
     order = {p: i for i, p in enumerate(policies)}
     results.sort(key=lambda r: (order[r["policy"]], r["capacity_fraction"]))
-    belady.sort(key=lambda b: b["capacity_fraction"])
+    for rows in offline.values():
+        rows.sort(key=lambda b: b["capacity_fraction"])
     return {"requests": len(requests), "distinct_blocks": distinct_blocks(requests), "results": results,
-            "unlimited_hit_rate": unlimited_hit_rate(requests), "belady": belady,
-            "gap_closed": gap_closed(results, belady)}
+            "unlimited_hit_rate": unlimited_hit_rate(requests), **offline,
+            "gap_closed": gap_closed(results, offline["belady"])}
 
 
 _TRACE: list = []  # [requests, their store blocks], set in the parent before workers fork
+# The offline references (benchmarks.belady) and their keys in the report.
+_OFFLINE = {"belady": "belady_hit_rate", "oracle_admission": "oracle_admission_hit_rate"}
 
 
 def _job(name: str, tiers: list, block_bytes: int) -> float | dict:
     requests, blocks = _TRACE
     capacity_blocks = sum(t.capacity_bytes for t in tiers) // block_bytes
-    if name == "belady":
-        from benchmarks.belady import belady_hit_rate
+    if name in _OFFLINE:
+        from benchmarks import belady
 
-        return belady_hit_rate(requests, capacity_blocks)
+        return getattr(belady, _OFFLINE[name])(requests, capacity_blocks)
     from benchmarks.replay import replay
 
     t0 = time.perf_counter()
@@ -231,5 +235,8 @@ def print_table(report: dict) -> None:
             gap = gaps.get((p, f))
             row += f"{100 * cells[p, f]:>8.1f}" + (f" ({100 * gap:>4.0f}%)" if gap is not None else " " * 8)
         print(f"{p:<10}{row}")
-    print(f"{'belady':<10}" + "".join(f"{100 * bel[f]:>8.1f}        " for f in fractions))
+    admit = {b["capacity_fraction"]: b["hit_rate"] for b in report["oracle_admission"]}
+    for name, rates in (("lru+admit", admit), ("belady", bel)):
+        print(f"{name:<10}" + "".join(f"{100 * rates[f]:>8.1f}        " for f in fractions))
+    print("lru+admit: LRU told which blocks are never used again (offline, like belady)")
     print(f"wall time {report['wall_seconds']:.1f} s")

@@ -15,7 +15,8 @@ def _pyplot():
 
 
 def plot_hit_rates(report: dict, path: Path) -> None:
-    """Hit rate against capacity, one line per policy, with Belady's and the unlimited bound."""
+    """Hit rate against capacity, one line per policy, with Belady's and the unlimited bound
+    and LRU with perfect admission."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for policy in dict.fromkeys(r["policy"] for r in report["results"]):
@@ -24,6 +25,9 @@ def plot_hit_rates(report: dict, path: Path) -> None:
         ax.plot([x for x, _ in rows], [100 * y for _, y in rows], marker="o", label=policy)
     bel = sorted((b["capacity_fraction"], b["hit_rate"]) for b in report["belady"])
     ax.plot([x for x, _ in bel], [100 * y for _, y in bel], "k--", marker="x", label="Belady (offline)")
+    admit = sorted((b["capacity_fraction"], b["hit_rate"]) for b in report["oracle_admission"])
+    ax.plot([x for x, _ in admit], [100 * y for _, y in admit], color="grey", linestyle="-.", marker="+",
+            label="LRU + perfect admission (offline)")
     ax.axhline(100 * report["unlimited_hit_rate"], color="grey", linestyle=":", label="unlimited cache")
     ax.set_xscale("log")
     ax.set_xlabel("capacity (fraction of the trace's distinct blocks)")

@@ -2,7 +2,7 @@ from collections import OrderedDict
 
 import pytest
 
-from benchmarks.belady import belady_hit_rate
+from benchmarks.belady import belady_hit_rate, oracle_admission_hit_rate
 from benchmarks.replay import TierSpec, replay, request_blocks
 from benchmarks.synthetic import WORKLOADS, generate
 from benchmarks.traces import Request, distinct_blocks, unlimited_hit_rate
@@ -98,8 +98,15 @@ def test_unlimited_and_belady_on_a_tiny_trace():
     assert run(requests, 2, "lru")["hit_rate"] == 1 / 6  # 3 evicts leaf 2, not 1
 
 
+def test_oracle_admission_evicts_blocks_never_used_again_first():
+    requests = [Request(0, (1,)), Request(1, (2,)), Request(2, (1,))]
+    assert run(requests, 1, "lru")["hit_rate"] == 0  # 2 pushes out 1
+    assert oracle_admission_hit_rate(requests, 1) == 1 / 3  # 2 is never used again: it goes
+    assert belady_hit_rate(requests, 1) == 1 / 3
+
+
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
-def test_belady_is_never_below_any_policy(name):
+def test_belady_is_never_below_any_policy_nor_lru_with_perfect_admission(name):
     requests = generate(name, seed=1, num_requests=400)
     longest = max(len(r.block_ids) for r in requests)
     for fraction in (0.05, 0.2):
@@ -108,6 +115,8 @@ def test_belady_is_never_below_any_policy(name):
         assert bound <= unlimited_hit_rate(requests)
         for policy in POLICIES:
             assert run(requests, capacity, policy)["hit_rate"] <= bound, (policy, fraction)
+        admit = oracle_admission_hit_rate(requests, capacity)
+        assert reference_lru(requests, capacity) <= admit <= bound, fraction
 
 
 def test_a_request_larger_than_the_store_is_refused():
