@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 DEFAULT_CAPACITIES = (0.01, 0.02, 0.05, 0.1, 0.2)
@@ -24,7 +25,6 @@ _TIER_FLAGS = ("hbm", "dram", "flash")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
-_BLOCKS: list = []  # the replayed trace's blocks, set before the workers fork
 
 
 def parse_bytes(text: str) -> int:
@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bandwidth", nargs="+", default=[], metavar="TIER=BYTES_PER_S",
                    help="tier read bandwidths for the savings estimate (kvtier bench tiers)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="replay processes")
+    p.add_argument("--memory", action="store_true", help="also measure each replay's peak Python "
+                   "memory (tracemalloc; replays run about twice as slow)")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--plot", type=Path, help="hit-rate plot (PNG); the per-tier one goes beside it")
 
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if not distinct:
         raise ValueError(f"trace {label} has no full blocks")
     stores = store_specs(args, distinct)
-    report = measure(requests, stores, args.policy, args.workers, args.block_bytes)
+    report = measure(requests, stores, args.policy, args.workers, args.block_bytes,
+                     memory=args.memory)
     report.update(trace=label, block_tokens=block_tokens, block_bytes=args.block_bytes,
                   wall_seconds=round(time.perf_counter() - started, 2))
     add_savings(report, args, block_tokens, len(requests))
@@ -127,8 +130,9 @@ def store_specs(args: argparse.Namespace, distinct: int) -> list[tuple[float, li
 
 
 def measure(requests: list, stores: list[tuple[float, list]], policies: list[str], workers: int,
-            block_bytes: int) -> dict:
-    """Replays of every (policy, store) and Belady at every capacity, in worker processes."""
+            block_bytes: int, *, memory: bool = False) -> dict:
+    """Replays of every (policy, store) and the offline references at every capacity, in
+    worker processes. ``memory``: each replay also reports its peak traced memory."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -148,7 +152,7 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
     results: list[dict] = []
     offline: dict[str, list[dict]] = {ref: [] for ref in _OFFLINE}
     with ProcessPoolExecutor(max(1, min(workers, len(jobs))), mp_context=ctx) as pool:
-        futures = {pool.submit(_job, name, tiers, block_bytes): (name, f) for name, f, tiers in jobs}
+        futures = {pool.submit(_job, name, tiers, block_bytes, memory): (name, f) for name, f, tiers in jobs}
         for fut in tqdm(as_completed(futures), total=len(jobs), desc="replays", file=sys.stderr):
             name, f = futures[fut]
             if name in offline:
@@ -171,7 +175,7 @@ _TRACE: list = []  # [requests, their store blocks], set in the parent before wo
 _OFFLINE = {"belady": "belady_hit_rate", "oracle_admission": "oracle_admission_hit_rate"}
 
 
-def _job(name: str, tiers: list, block_bytes: int) -> float | dict:
+def _job(name: str, tiers: list, block_bytes: int, memory: bool = False) -> float | dict:
     requests, blocks = _TRACE
     capacity_blocks = sum(t.capacity_bytes for t in tiers) // block_bytes
     if name in _OFFLINE:
@@ -181,8 +185,16 @@ def _job(name: str, tiers: list, block_bytes: int) -> float | dict:
     from benchmarks.replay import replay
 
     t0 = time.perf_counter()
+    if memory:
+        tracemalloc.start()
     out = replay(blocks, tiers, name)
-    return {"capacity_blocks": capacity_blocks, **out, "seconds": round(time.perf_counter() - t0, 2)}
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    if memory:
+        # The store's metadata and its policy at their largest; the trace was allocated before.
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        out.update(peak_bytes=peak, peak_bytes_per_block=round(peak / capacity_blocks))
+    return {"capacity_blocks": capacity_blocks, **out}
 
 
 def gap_closed(results: list[dict], belady: list[dict]) -> list[dict]:
@@ -239,4 +251,9 @@ def print_table(report: dict) -> None:
     for name, rates in (("lru+admit", admit), ("belady", bel)):
         print(f"{name:<10}" + "".join(f"{100 * rates[f]:>8.1f}        " for f in fractions))
     print("lru+admit: LRU told which blocks are never used again (offline, like belady)")
+    if "peak_bytes_per_block" in results[0]:
+        print("peak memory of the store and its policy, bytes per block of capacity")
+        for p in dict.fromkeys(r["policy"] for r in results):
+            row = (r["peak_bytes_per_block"] for r in results if r["policy"] == p)
+            print(f"{p:<10}" + "".join(f"{b:>16,}" for b in row))
     print(f"wall time {report['wall_seconds']:.1f} s")

@@ -35,3 +35,13 @@ def test_an_unknown_workload_is_a_clear_error(capsys):
     assert main(["bench", "hitrate", "--trace", "synthetic:nope", "--workers", "1"]) != 0
     err = capsys.readouterr().err
     assert "'nope' is unknown" in err and "Traceback" not in err
+
+
+def test_memory_is_measured_per_replay_when_asked(tmp_path, capsys):
+    report_path = tmp_path / "agent.json"
+    assert main(["bench", "hitrate", "--trace", "synthetic:agent", "--requests", "200",
+                 "--capacity", "0.5", "--policy", "lru", "adaptive", "--workers", "1", "--memory",
+                 "--json", str(report_path)]) == 0
+    peak = {r["policy"]: r["peak_bytes_per_block"] for r in json.loads(report_path.read_text())["results"]}
+    assert 0 < peak["lru"] < peak["adaptive"]  # five shadow caches and their histories cost memory
+    assert "peak memory" in capsys.readouterr().out
