@@ -26,7 +26,6 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
-
 def parse_bytes(text: str) -> int:
     """``"8GiB"``, ``"500M"`` or ``"1e9"`` as bytes."""
     t = text.strip().lower().removesuffix("b")
@@ -171,17 +170,17 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
 
 
 _TRACE: list = []  # [requests, their store blocks], set in the parent before workers fork
-# The offline references (benchmarks.belady) and their keys in the report.
-_OFFLINE = {"belady": "belady_hit_rate", "oracle_admission": "oracle_admission_hit_rate"}
+_OFFLINE = ("belady", "oracle_admission")  # the offline references' keys in the report
 
 
 def _job(name: str, tiers: list, block_bytes: int, memory: bool = False) -> float | dict:
     requests, blocks = _TRACE
     capacity_blocks = sum(t.capacity_bytes for t in tiers) // block_bytes
     if name in _OFFLINE:
-        from benchmarks import belady
+        from benchmarks.belady import belady_hit_rate, oracle_admission_hit_rate
 
-        return getattr(belady, _OFFLINE[name])(requests, capacity_blocks)
+        reference = belady_hit_rate if name == "belady" else oracle_admission_hit_rate
+        return reference(requests, capacity_blocks)
     from benchmarks.replay import replay
 
     t0 = time.perf_counter()

@@ -250,9 +250,9 @@ class AdaptivePolicy(EvictionPolicy):
       here, evicting leaves first as the store does. A shadow's multi-queue remembers
       ``shadow_history`` (4) evicted keys per resident key rather than 16: the shadows
       only rank the caps, and with 16 they held most of the policy's memory and chose no
-      better (on the Mooncake trace at 2-10% they chose slightly worse). Each sees every request the store
-      is asked about (``observe``, from ``TieredStore.lookup``: a request's keys from
-      depth 0) and counts its prefix hits as the store does. Scores are the hit blocks of
+      better (on the Mooncake trace at 2-10% they chose slightly worse). Each sees every
+      request the store is asked about (``observe``, from ``TieredStore.lookup``: a
+      request's keys from depth 0) and counts its prefix hits as the store does. Scores are the hit blocks of
       each shadow, decayed by ``decay`` per request on which the shadows differ (a
       window of about 50 such requests); the policy follows the best shadow once it
       leads the followed one by ``hysteresis``, so it does not flap on noise. A request
