@@ -72,6 +72,7 @@ class DataPlane:
         self.counters = DataPlaneCounters()
         self.arenas = ArenaPool()
         self.shared_tier = store.shared_tier
+        self.locating_tier = store.locating_tier
         self._handlers = {
             p.Op.PING: self._ping,
             p.Op.LOOKUP: self._lookup,
@@ -126,14 +127,17 @@ class DataPlane:
             # A bug below us: answer (the client falls back), count it, keep the traceback.
             log.exception("data plane: %s failed", op.name)
             return self.refuse(p.Status.SERVER_ERROR, f"{op.name} failed inside the server; see its log")
+        body_len = reply.body_len
         # Replies that pass descriptors (shared memory) are never replaced: they own them.
-        garbage = None if reply.fds else self.faults.garbage(reply.status, reply.count, reply.body_len)
-        if garbage is not None:
-            if reply.sent is not None:
-                reply.sent()  # the garbage does not use the reply's arena
-            self.counters.injected_garbage += 1
-            reply = Reply(garbage.status, garbage.count, [garbage.body])
-        self.counters.bytes_out += reply.body_len
+        if self.faults.garbage_rate and not reply.fds:
+            garbage = self.faults.garbage(reply.status, reply.count, body_len)
+            if garbage is not None:
+                if reply.sent is not None:
+                    reply.sent()  # the garbage does not use the reply's arena
+                self.counters.injected_garbage += 1
+                reply = Reply(garbage.status, garbage.count, [garbage.body])
+                body_len = reply.body_len
+        self.counters.bytes_out += body_len
         return reply
 
     def refuse(self, status: p.Status, message: str) -> Reply:
@@ -156,8 +160,8 @@ class DataPlane:
         demotion) until the reply is out; the trailer then says which of them stayed whole
         (only a delete can overwrite one meanwhile). Blocks in other tiers are copied once,
         into a pooled arena, and sent from there."""
-        slab = self.store.locating_tier
-        results, done = self._fetch(p.split_keys(body, count), locate=slab is not None, hold=True)
+        results, done = self._fetch(p.split_keys(body, count), locate=self.locating_tier is not None,
+                                    hold=True)
         located = [r for r in results if isinstance(r, Location)]
         self.counters.sent_from_dram += sum(r.size for r in located)
 
@@ -165,12 +169,12 @@ class DataPlane:
             if not located:
                 return p.get_trailer([True] * count)
             fence()  # the payloads were read (sent) before their generations are
-            current = iter(slab.current(located))
+            current = iter(self.locating_tier.current(located))
             flags = [next(current) if isinstance(r, Location) else True for r in results]
             self.counters.changed_while_sent += flags.count(False)
             return p.get_trailer(flags)
 
-        payloads = [slab.view(r) if isinstance(r, Location) else r for r in results]
+        payloads = [self.locating_tier.view(r) if isinstance(r, Location) else r for r in results]
         return Reply(p.Status.OK, count, p.get_buffers(payloads), sent=done, trailer=whole, trailer_len=count)
 
     def _get_mapped(self, count: int, body: memoryview) -> Reply:

@@ -49,8 +49,7 @@ class _AsyncConnection:
                 raise p.FrameError(f"a reply claims {header.body_len} B, over the client's limit")
             body = memoryview(await self.reader.readexactly(header.body_len))
             counters.bytes_received += p.HEADER_SIZE + header.body_len
-            if header.request_id != (first + i) & 0xFFFFFFFF:
-                raise p.FrameError(f"reply {header.request_id} out of order (expected {first + i})")
+            calls.check_order(header, (first + i) & 0xFFFFFFFF)
             calls.check_reply(header, body)
             parts.append(plan.parse(header.count, body))
         return plan.merge(parts)

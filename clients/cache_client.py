@@ -50,11 +50,9 @@ class CacheClient:
         return self._run(calls.lookup_plan(keys, self.options.max_batch))
 
     def get(self, keys: Sequence[bytes]) -> list[memoryview | None]:
-        plain = calls.get_plan(keys, self.options.max_batch)
-
         def action(conn: Connection):
             if conn.shared is None:
-                return conn.exchange(plain, self.options.timeout)
+                return conn.exchange(calls.get_plan(keys, self.options.max_batch), self.options.timeout)
             got = conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, conn.shared),
                                 self.options.timeout)
             stale = [i for i, g in enumerate(got) if g is STALE]
@@ -65,7 +63,7 @@ class CacheClient:
                     got[i] = g
             return got
 
-        return self._call(plain.fallback, action)
+        return self._call([None] * len(keys), action)
 
     def get_into(self, keys: Sequence[bytes], outs: Sequence[memoryview]) -> list[int | None]:
         """Receive each payload straight into ``outs[i]`` (a writable buffer at least as

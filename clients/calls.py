@@ -51,6 +51,13 @@ def check_reply(header: p.Header, body) -> None:
 _STATUSES = frozenset(p.Status)
 
 
+def check_order(header: p.Header, request_id: int) -> None:
+    """Replies come back in the order of their requests; anything else means the stream
+    is out of step and the connection cannot be trusted."""
+    if header.request_id != request_id:
+        raise p.FrameError(f"reply {header.request_id} out of order (expected {request_id})")
+
+
 def _chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [items[:0]]
 

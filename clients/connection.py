@@ -15,7 +15,7 @@ import numpy as np
 
 from cacheserver import protocol as p
 from cacheserver.framing import PeerClosed, send_buffers, tune
-from clients.calls import Plan, Request, check_reply
+from clients.calls import Plan, Request, check_order, check_reply
 from clients.shared import SharedSlab
 from clients.url import Address
 
@@ -47,8 +47,7 @@ class Connection:
     def get_into(self, request: Request, outs, timeout: float) -> list[int | None]:
         """One GET whose payloads land in the caller's buffers; sizes, ``None`` for misses."""
         deadline = time.monotonic() + timeout
-        request_id = self._next_id
-        self._next_id = (request_id + 1) & 0xFFFFFFFF
+        request_id = self._take_ids(1)
         self.sock.settimeout(timeout)
         self.bytes_sent += send_buffers(self.sock, request.frame(request_id))
         self._recv(memoryview(self._header), deadline)
@@ -81,18 +80,16 @@ class Connection:
         """Ask for the service's shared slab (Unix socket): the received descriptors (the
         caller closes them) and the slab's layout. ``ServerError`` when it shares none."""
         deadline = time.monotonic() + timeout
-        request_id = self._next_id
-        self._next_id = (request_id + 1) & 0xFFFFFFFF
+        request_id = self._take_ids(1)
         self.sock.settimeout(timeout)
-        send_buffers(self.sock, Request(p.Op.MAP, 0, []).frame(request_id))
+        self.bytes_sent += send_buffers(self.sock, Request(p.Op.MAP, 0, []).frame(request_id))
         # The descriptors travel with the first bytes of the reply.
         first, fds, _, _ = socket.recv_fds(self.sock, p.HEADER_SIZE, 4)
         try:
             if not first:
                 raise PeerClosed("cache service closed the connection")
             header, body = self._read_reply(deadline, first)
-            if header.request_id != request_id:
-                raise p.FrameError(f"reply {header.request_id} out of order (expected {request_id})")
+            check_order(header, request_id)
             check_reply(header, body)
             return fds, p.parse_map(body)
         except BaseException:
@@ -104,21 +101,26 @@ class Connection:
         """The merged result of the plan's replies; raises ``TimeoutError``, ``OSError``
         (connection trouble), ``FrameError`` or ``ServerError``."""
         deadline = time.monotonic() + timeout
-        first = self._next_id
+        first = self._take_ids(len(plan.requests))
+        ids = [(first + i) & 0xFFFFFFFF for i in range(len(plan.requests))]
         buffers = []
-        for i, req in enumerate(plan.requests):
-            buffers += req.frame(first + i)
-        self._next_id = (first + len(plan.requests)) & 0xFFFFFFFF
+        for request_id, req in zip(ids, plan.requests, strict=True):
+            buffers += req.frame(request_id)
         self.sock.settimeout(timeout)
         self.bytes_sent += send_buffers(self.sock, buffers)
         parts = []
-        for i in range(len(plan.requests)):
+        for request_id in ids:
             header, body = self._read_reply(deadline)
-            if header.request_id != (first + i) & 0xFFFFFFFF:
-                raise p.FrameError(f"reply {header.request_id} out of order (expected {first + i})")
+            check_order(header, request_id)
             check_reply(header, body)
             parts.append(plan.parse(header.count, body))
         return plan.merge(parts)
+
+    def _take_ids(self, n: int) -> int:
+        """The first of ``n`` request ids for the next frames (they wrap at 2**32)."""
+        first = self._next_id
+        self._next_id = (first + n) & 0xFFFFFFFF
+        return first
 
     def _read_reply(self, deadline: float, received: bytes = b"") -> tuple[p.Header, memoryview]:
         """The next reply; ``received``: the first bytes of its header, already read."""
