@@ -6,7 +6,8 @@ Only when every extent is too short is the block spread over several, longest fi
 Freed runs merge with their free neighbours at once, so churn with blocks of mixed sizes
 (several models in one service) does not crumble the slab into single pages. Contiguity
 is what lets a block be read with one copy, sent from the slab as it is, and copied out
-of shared memory by a client (``SlabTier.locate_many`` answers single runs only).
+of shared memory by a client; a block spread over several runs is sent and copied as
+several segments.
 
 Every operation is O(distinct free-extent lengths) at most, a small number in practice.
 """

@@ -23,6 +23,8 @@ same generation knows its copy is whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -136,12 +138,19 @@ class SlabTier(Tier):
             sizes.append(size)
         return sizes
 
+    def _segments(self, size: int, runs: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        """A block's bytes in the slab, in order: (byte offset, length) per run; only the
+        last run may be partly used."""
+        left = size
+        for first, count in runs:
+            n = min(count * self.page_size, left)
+            yield first * self.page_size, n
+            left -= n
+
     def _gather(self, size: int, runs: list[tuple[int, int]], out: np.ndarray) -> np.ndarray:
         """Copy a block's runs, in order, into ``out`` (host memory)."""
         done = 0
-        for first, count in runs:
-            start = first * self.page_size
-            n = min(count * self.page_size, size - done)
+        for start, n in self._segments(size, runs):
             if self._host is not None:
                 np.copyto(out[done : done + n], self._host[start : start + n])
             else:
@@ -163,9 +172,7 @@ class SlabTier(Tier):
     def _write(self, runs: list[tuple[int, int]], payload) -> None:
         src = np.frombuffer(payload, dtype=np.uint8)
         done = 0
-        for first, count in runs:
-            start = first * self.page_size
-            n = min(count * self.page_size, src.size - done)
+        for start, n in self._segments(src.size, runs):
             if self._host is not None:
                 self._host[start : start + n] = src[done : done + n]
             else:
@@ -186,19 +193,16 @@ class SlabTier(Tier):
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
         """Where each block lies in a host slab: its runs as byte segments (one for nearly
         every block); ``None`` when absent or the slab is on a GPU."""
+        if not self.locates:
+            return super().locate_many(keys)
         out: list[Location | None] = []
-        page = self.page_size
         for key in keys:
-            entry = self._blocks.get(key) if self.locates else None
+            entry = self._blocks.get(key)
             if entry is None:
                 out.append(None)
                 continue
             size, runs = entry
-            segments, left = [], size
-            for first, count in runs:
-                segments.append((first * page, min(count * page, left)))
-                left -= segments[-1][1]
-            out.append(Location(tuple(segments), size, int(self._gens[runs[0][0]])))
+            out.append(Location(tuple(self._segments(size, runs)), size, int(self._gens[runs[0][0]])))
         return out
 
     def view(self, where: Location) -> list[memoryview]:
