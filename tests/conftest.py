@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cacheserver.process import ServiceProcess
@@ -31,6 +32,10 @@ class Served(ServiceProcess):
     @property
     def unix_url(self) -> str:
         return f"unix://{self.unix_path}"
+
+    def stats(self) -> dict:
+        """The service's ``GET /v1/stats``."""
+        return httpx.get(self.rest_url + "/v1/stats").json()
 
 
 def _servers(base: Path):

@@ -15,3 +15,8 @@ def chain(name: str, n: int, size: int = 4096, block_size: int = 4) -> list[tupl
     keys = hasher.keys(list(range(n * block_size)))
     parents = [hasher.root, *keys[:-1]]
     return [(k, p, i, payload_for(k, size)) for i, (k, p) in enumerate(zip(keys, parents, strict=True))]
+
+
+def keys_of(blocks) -> list[bytes]:
+    """The keys of ``chain`` entries."""
+    return [b[0] for b in blocks]

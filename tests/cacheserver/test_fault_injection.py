@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 
-import httpx
 import pytest
 
 from cacheserver import protocol as p
@@ -85,7 +84,7 @@ def test_a_garbling_service_never_hands_out_wrong_data(serve_factory):
         assert all([bytes(g) for g in a] == [b[3] for b in blocks] for a in hits)
         assert 0 < len(hits) < 60
         assert c.counters.failures >= 1 and c.counters.short_circuits == 0
-    plane = httpx.get(served.rest_url + "/v1/stats").json()["data_plane"]
+    plane = served.stats()["data_plane"]
     assert plane["injected_garbage"] >= 60 - len(hits)  # every miss was a garbled reply
     served.stop()
     assert "TESTING: 50% of data-plane replies are replaced by garbage" in served.output

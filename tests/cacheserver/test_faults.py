@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import resource
 
-import httpx
-
 from clients.cache_client import CacheClient
 from tests.cacheserver.blocks import chain
-
-
-def stats(served) -> dict:
-    return httpx.get(served.rest_url + "/v1/stats").json()
 
 
 def test_flash_that_cannot_be_opened_leaves_a_dram_only_service(serve_factory, tmp_path):
     not_a_folder = tmp_path / "flash-is-a-file"
     not_a_folder.write_text("in the way")
     served = serve_factory(flash_dir=str(not_a_folder))
-    s = stats(served)
+    s = served.stats()
     assert s["degraded"] and not s["durable"]
     assert s["flash_status"]["state"] == "unavailable"
     assert str(not_a_folder) in s["flash_status"]["reason"]
@@ -40,13 +34,13 @@ def test_flash_that_stops_taking_writes_degrades_to_dram_and_recovers(serve_fact
     data_file = served.folder / "flash" / "data.mdb"
     with CacheClient(served.data_url) as c:
         assert c.put(chain("before", 64, size=65536)) == 64  # 4 MiB: half of it goes to flash
-        assert stats(served)["flash_status"]["state"] == "ok"
+        assert served.stats()["flash_status"]["state"] == "ok"
         limit = data_file.stat().st_size
         resource.prlimit(served.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
         after = chain("after", 64, size=65536)
         for i in range(0, 64, 8):  # batches DRAM can hold: it evicts, the demotions fail
             assert c.put(after[i : i + 8]) == 8  # acknowledged: DRAM took them
-        s = stats(served)
+        s = served.stats()
         assert s["degraded"] and s["flash_status"]["state"] == "degraded"
         assert "File too large" in s["flash_status"]["reason"] and s["flash_status"]["write_errors"] > 0
         recent = after[-16:]  # the last 1 MiB is still in DRAM and served from there
@@ -56,6 +50,6 @@ def test_flash_that_stops_taking_writes_degrades_to_dram_and_recovers(serve_fact
 
         resource.prlimit(served.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         assert c.put(chain("healed", 32, size=65536)) == 32
-        assert stats(served)["flash_status"]["state"] == "ok"
+        assert served.stats()["flash_status"]["state"] == "ok"
     served.stop()
     assert "flash: " in served.output and "not written" in served.output

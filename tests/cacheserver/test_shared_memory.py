@@ -8,7 +8,6 @@ import os
 import socket
 import stat
 
-import httpx
 import pytest
 
 from cacheserver import protocol as p
@@ -20,7 +19,7 @@ from clients.counters import ClientCounters
 from clients.guard import ClientOptions
 from clients.shared import STALE, SharedSlab
 from clients.url import parse_url
-from tests.cacheserver.blocks import chain
+from tests.cacheserver.blocks import chain, keys_of
 from tiers import sharedmem
 from tiers.base import Location
 from tiers.slab import dram_tier
@@ -29,10 +28,6 @@ from tiers.store import TieredStore
 pytestmark = pytest.mark.skipif(not sharedmem.supported(), reason="shared memory needs x86-64 Linux")
 
 MISSING_KEY = b"\x07" * 16
-
-
-def keys_of(blocks) -> list[bytes]:
-    return [b[0] for b in blocks]
 
 
 def test_a_unix_client_copies_blocks_out_of_shared_memory(served):
@@ -48,7 +43,7 @@ def test_a_unix_client_copies_blocks_out_of_shared_memory(served):
         assert c.counters.mapped_bytes == 2 * 6 * 100_000
         assert c.counters.bytes_received < 2_000  # no payload crossed the socket
         assert c.counters.failures == 0
-    stats = httpx.get(served.rest_url + "/v1/stats").json()
+    stats = served.stats()
     assert stats["data_plane"]["mapped_bytes"] == 2 * 6 * 100_000
 
 

@@ -10,11 +10,7 @@ from clients.async_client import AsyncCacheClient
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
 from clients.url import Address, parse_url
-from tests.cacheserver.blocks import chain
-
-
-def keys_of(blocks):
-    return [b[0] for b in blocks]
+from tests.cacheserver.blocks import chain, keys_of
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])

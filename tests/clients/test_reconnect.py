@@ -12,11 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from clients.async_client import AsyncCacheClient
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
-from tests.cacheserver.blocks import chain
-
-
-def keys_of(blocks):
-    return [b[0] for b in blocks]
+from tests.cacheserver.blocks import chain, keys_of
 
 
 def test_stale_pooled_connections_cost_no_miss_after_a_restart(serve_factory):

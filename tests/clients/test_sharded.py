@@ -11,16 +11,12 @@ import pytest
 
 from clients.cache_client import CacheClient
 from clients.sharded import ShardedCacheClient, open_client
-from tests.cacheserver.blocks import chain
+from tests.cacheserver.blocks import chain, keys_of
 
 
 @pytest.fixture
 def three(serve_factory):
     return [serve_factory(flash_gb=0) for _ in range(3)]
-
-
-def keys_of(blocks):
-    return [b[0] for b in blocks]
 
 
 def test_blocks_spread_by_the_ring_and_come_back_in_order(three):
