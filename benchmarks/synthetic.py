@@ -9,14 +9,23 @@ like the store's chained keys.
 - ``system-prompts``: single-turn requests; a shared system prompt (Zipf popularity,
   2-16 blocks) then a unique user part.
 - ``chat``: multi-turn sessions; each turn re-sends the whole history plus the last answer
-  and a new question, after a think time (exponential, mean 60 s); sessions last a
-  geometric number of turns (mean 4).
+  and a new question, after a think time. Turns and think times follow the Mooncake
+  conversation trace (``benchmarks.conversations``): each session's chance of ending after
+  a turn is drawn from Beta(3.24, 1.08), so the chance of another turn grows with the
+  turns so far (0.25 after the first, 0.49 after the third), 1.5 turns on average; think
+  times are log-normal, median 132 s.
+- ``chat-memoryless``: the same sessions with nothing to learn from their past: every
+  turn is the last with chance 1/4 (4 turns on average), think times exponential (mean
+  60 s). How long a session has been idle is then the only sign of whether it will come
+  back, which is the order LRU already evicts in: the worst case for any policy that
+  tries to do better.
 - ``rag``: a system prompt, then three documents from a shared pool (Zipf), then the
   question; prefixes are shared only as far as the leading documents agree.
 - ``agent``: agent loops; a long tool-description prompt per agent type, then 5-40 steps a
   few seconds apart, each appending a tool result, so contexts grow long.
 - ``mix``: all four at once, each at a quarter of the rate, in one id space.
-- ``tenant-chat``: multi-tenant chat; ``chat`` sessions, each under one of ``tenants``
+- ``tenant-chat``: multi-tenant chat; ``chat-memoryless`` sessions (the router's
+  figures were measured on them), each under one of ``tenants``
   tenants (Zipf popularity), every tenant with its own system prompt of
   ``TENANT_PROMPT_BLOCKS`` blocks, salted so no two tenants share a block; answers are
   50-500 tokens. Block ``TENANT_PROMPT_BLOCKS`` of a request, the first of its first user
@@ -26,6 +35,7 @@ like the store's chained keys.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -33,8 +43,7 @@ from dataclasses import dataclass, field
 from benchmarks.traces import Request
 
 DEFAULT_REQUESTS = 4000
-_SESSION_RATE = 1.0  # new sessions (or single requests) per second
-_THINK_S = 60.0
+_SESSION_RATE = 1.0  # requests per second
 TENANT_PROMPT_BLOCKS = 4  # fixed, so the first user turn is always at this depth
 DEFAULT_TENANTS = 100
 
@@ -90,19 +99,54 @@ def system_prompts(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SE
     return out
 
 
-def chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
-    prompts = _prompts(ids, rng, "chat-sys", 20, (1, 4))
-    pick, start, out = zipf_sampler(rng, len(prompts)), 0.0, []
+@dataclass(frozen=True)
+class Sessions:
+    """How a chat session goes on: ``end_chance(rng)`` is drawn once per session (its
+    chance of ending after each turn) and ``think_s(rng)`` before each next turn;
+    ``mean_turns`` sets how often sessions start, so requests arrive at the given rate."""
+
+    end_chance: Callable[[random.Random], float]
+    think_s: Callable[[random.Random], float]
+    mean_turns: float
+
+
+CHAT_END_BETA = (3.24, 1.08)  # python -m benchmarks.conversations (the Mooncake trace)
+CHAT_THINK_MEDIAN_S, CHAT_THINK_SIGMA = 132.0, 0.98
+FITTED_SESSIONS = Sessions(
+    end_chance=lambda rng: rng.betavariate(*CHAT_END_BETA),
+    think_s=lambda rng: rng.lognormvariate(math.log(CHAT_THINK_MEDIAN_S), CHAT_THINK_SIGMA),
+    mean_turns=(sum(CHAT_END_BETA) - 1) / (CHAT_END_BETA[0] - 1),
+)
+MEMORYLESS_SESSIONS = Sessions(end_chance=lambda rng: 0.25, think_s=lambda rng: rng.expovariate(1 / 60),
+                               mean_turns=4.0)
+
+
+def _sessions(rng: random.Random, n: int, ids: PrefixIds, rate: float, sessions: Sessions,
+              first_blocks: Callable[[], list[int]], answer_tokens: bool = False) -> list[Request]:
+    """Chat sessions, each starting from ``first_blocks()`` (its system prompt); every
+    turn appends 1-4 fresh blocks (the last answer and a new question)."""
+    start, out = 0.0, []
     while len(out) < n:
-        start += rng.expovariate(rate / 4)  # a session is ~4 requests
-        history, t = prompts[pick()], start
+        start += rng.expovariate(rate / sessions.mean_turns)
+        end, history, t = sessions.end_chance(rng), first_blocks(), start
         while True:
-            history = ids.extend_fresh(history, rng.randint(1, 4))  # last answer + question
-            out.append(Request(int(t * 1000), tuple(history)))
-            if rng.random() < 0.25 or len(out) >= n:
+            history = ids.extend_fresh(history, rng.randint(1, 4))
+            out.append(Request(int(t * 1000), tuple(history), rng.randint(50, 500) if answer_tokens else 0))
+            if rng.random() < end or len(out) >= n:
                 break
-            t += rng.expovariate(1 / _THINK_S)
+            t += sessions.think_s(rng)
     return _by_time(out)
+
+
+def chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE,
+         sessions: Sessions = FITTED_SESSIONS) -> list[Request]:
+    prompts = _prompts(ids, rng, "chat-sys", 20, (1, 4))
+    pick = zipf_sampler(rng, len(prompts))
+    return _sessions(rng, n, ids, rate, sessions, lambda: prompts[pick()])
+
+
+def chat_memoryless(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
+    return chat(rng, n, ids, rate, MEMORYLESS_SESSIONS)
 
 
 def rag(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
@@ -142,17 +186,8 @@ def tenant_chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSI
     if tenants < 1:
         raise ValueError(f"tenant-chat needs at least one tenant, got {tenants}")
     prompts = [ids.chain([], [("tenant", t, b) for b in range(TENANT_PROMPT_BLOCKS)]) for t in range(tenants)]
-    pick, start, out = zipf_sampler(rng, tenants), 0.0, []
-    while len(out) < n:
-        start += rng.expovariate(rate / 4)  # a session is ~4 requests
-        history, t = prompts[pick()], start
-        while True:
-            history = ids.extend_fresh(history, rng.randint(1, 4))  # last answer + question
-            out.append(Request(int(t * 1000), tuple(history), rng.randint(50, 500)))
-            if rng.random() < 0.25 or len(out) >= n:
-                break
-            t += rng.expovariate(1 / _THINK_S)
-    return _by_time(out)
+    pick = zipf_sampler(rng, tenants)
+    return _sessions(rng, n, ids, rate, MEMORYLESS_SESSIONS, lambda: prompts[pick()], answer_tokens=True)
 
 
 def _by_time(requests: list[Request]) -> list[Request]:
@@ -162,6 +197,7 @@ def _by_time(requests: list[Request]) -> list[Request]:
 WORKLOADS: dict[str, Callable[[random.Random, int, PrefixIds], list[Request]]] = {
     "system-prompts": system_prompts,
     "chat": chat,
+    "chat-memoryless": chat_memoryless,
     "rag": rag,
     "agent": agent,
     "mix": mix,
