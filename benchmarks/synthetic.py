@@ -121,7 +121,7 @@ MEMORYLESS_SESSIONS = Sessions(end_chance=lambda rng: 0.25, think_s=lambda rng: 
                                mean_turns=4.0)
 
 
-def _sessions(rng: random.Random, n: int, ids: PrefixIds, rate: float, sessions: Sessions,
+def _sessions(rng: random.Random, n: int, ids: PrefixIds, rate: float, sessions: Sessions, *,
               first_blocks: Callable[[], list[int]], answer_tokens: bool = False) -> list[Request]:
     """Chat sessions, each starting from ``first_blocks()`` (its system prompt); every
     turn appends 1-4 fresh blocks (the last answer and a new question)."""
@@ -142,7 +142,7 @@ def chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE
          sessions: Sessions = FITTED_SESSIONS) -> list[Request]:
     prompts = _prompts(ids, rng, "chat-sys", 20, (1, 4))
     pick = zipf_sampler(rng, len(prompts))
-    return _sessions(rng, n, ids, rate, sessions, lambda: prompts[pick()])
+    return _sessions(rng, n, ids, rate, sessions, first_blocks=lambda: prompts[pick()])
 
 
 def chat_memoryless(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSION_RATE) -> list[Request]:
@@ -187,7 +187,8 @@ def tenant_chat(rng: random.Random, n: int, ids: PrefixIds, rate: float = _SESSI
         raise ValueError(f"tenant-chat needs at least one tenant, got {tenants}")
     prompts = [ids.chain([], [("tenant", t, b) for b in range(TENANT_PROMPT_BLOCKS)]) for t in range(tenants)]
     pick = zipf_sampler(rng, tenants)
-    return _sessions(rng, n, ids, rate, MEMORYLESS_SESSIONS, lambda: prompts[pick()], answer_tokens=True)
+    return _sessions(rng, n, ids, rate, MEMORYLESS_SESSIONS, first_blocks=lambda: prompts[pick()],
+                     answer_tokens=True)
 
 
 def _by_time(requests: list[Request]) -> list[Request]:

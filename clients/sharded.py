@@ -26,11 +26,20 @@ from clients.guard import ClientOptions
 from hashing.ring import HashRing
 
 
+def split_urls(url: str) -> list[str]:
+    """The service URLs in ``url``: one, or several separated by commas (sharded)."""
+    urls = [u.strip() for u in url.split(",")]
+    if not any(urls):
+        raise ValueError("no cache service URL given")
+    if not all(urls):
+        raise ValueError(f"the cache URL list {url!r} has an empty entry; "
+                         "separate services with single commas")
+    return urls
+
+
 def open_client(url: str, options: ClientOptions | None = None) -> CacheClient | ShardedCacheClient:
     """A client for ``url``: one service, or several separated by commas (sharded)."""
-    urls = [u.strip() for u in url.split(",") if u.strip()]
-    if not urls:
-        raise ValueError("no cache service URL given")
+    urls = split_urls(url)
     return CacheClient(urls[0], options) if len(urls) == 1 else ShardedCacheClient(urls, options)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
-from clients.sharded import ShardedCacheClient, open_client
+from clients.sharded import ShardedCacheClient, open_client, split_urls
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class ConnectorConfig:
     client_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
-        for url in self.url.split(","):
-            if not url.strip().startswith(("kvtier://", "unix://")):
+        for url in split_urls(self.url):
+            if not url.startswith(("kvtier://", "unix://")):
                 raise ValueError(f"cache URL {url!r} must be kvtier://host:port or unix:///path "
                                  "(several: comma-separated)")
         if self.fetch_timeout_s <= 0 or self.save_queue_blocks < 1 or self.save_batch_blocks < 1:

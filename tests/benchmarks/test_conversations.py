@@ -10,7 +10,8 @@ def test_a_turn_continues_the_latest_request_it_extends_beyond_the_shared_first_
     # one more round trip of the same conversation.
     requests = [Request(0, (0, 1)), Request(1, (0, 2)), Request(5, (0, 1, 3)), Request(6, (0, 9, 1)),
                 Request(7, (0, 1, 3)), Request(9, (0, 1, 3, 4))]
-    assert turns(requests) == [Turn(None, 1), Turn(None, 1), Turn(0, 2), Turn(None, 1), Turn(2, 3), Turn(4, 4)]
+    assert turns(requests) == [Turn(None, 1), Turn(None, 1), Turn(0, 2), Turn(None, 1),
+                               Turn(2, 3), Turn(4, 4)]
 
 
 def test_the_fit_recovers_the_chat_generators_session_model():
@@ -41,6 +42,7 @@ def test_the_command_prints_the_fit_and_refuses_a_trace_with_nothing_to_fit(tmp_
     dump_jsonl(generate("chat", seed=1, num_requests=2000), tmp_path / "chat.jsonl", block_tokens=16)
     assert main([str(tmp_path / "chat.jsonl")]) == 0
     assert "Beta(" in capsys.readouterr().out
-    dump_jsonl(generate("system-prompts", seed=1, num_requests=50), tmp_path / "single.jsonl", block_tokens=16)
+    single_turns = generate("system-prompts", seed=1, num_requests=50)
+    dump_jsonl(single_turns, tmp_path / "single.jsonl", block_tokens=16)
     assert main([str(tmp_path / "single.jsonl")]) == 2
     assert "nothing to fit" in capsys.readouterr().err

@@ -71,3 +71,11 @@ def test_one_url_is_a_plain_client_and_a_service_twice_is_refused(three):
     assert isinstance(open_client(three[0].data_url), CacheClient)
     with pytest.raises(ValueError, match="twice"):
         ShardedCacheClient([three[0].data_url, three[0].data_url])
+
+
+@pytest.mark.parametrize(("url", "error"), [("", "no cache service"), (" , ", "no cache service"),
+                                             ("kvtier://127.0.0.1:1,,kvtier://127.0.0.1:2", "empty entry"),
+                                             ("kvtier://127.0.0.1:1,", "empty entry")])
+def test_a_url_list_with_a_gap_is_refused_before_anything_connects(url, error):
+    with pytest.raises(ValueError, match=error):
+        open_client(url)

@@ -103,3 +103,5 @@ def test_a_stalled_service_times_out_and_full_save_queue_drops(black_hole):
 def test_bad_urls_are_refused():
     with pytest.raises(ValueError, match="kvtier://"):
         ConnectorConfig("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="empty entry"):  # the same rule as open_client's
+        ConnectorConfig("kvtier://127.0.0.1:1,")
