@@ -47,8 +47,19 @@ class SessionFit:
 
     @property
     def mean_turns(self) -> float:
-        a, b = self.end_beta
-        return (a + b - 1) / (a - 1) if a > 1 else math.inf
+        return mean_turns(self.end_beta)
+
+
+def end_chance(a, b, k):
+    """The chance that a conversation with ``k`` turns so far ends now, when each
+    conversation's own chance is drawn from ``Beta(a, b)``; numbers or numpy arrays."""
+    return a / (a + b + k - 1)
+
+
+def mean_turns(end_beta: tuple[float, float]) -> float:
+    """Turns per conversation on average, ``E[1/p]`` for ``p ~ Beta(a, b)``."""
+    a, b = end_beta
+    return (a + b - 1) / (a - 1) if a > 1 else math.inf
 
 
 def turns(requests: Sequence[Request]) -> list[Turn]:
@@ -91,14 +102,15 @@ def _beta_geometric_mle(seen: dict[int, list[int]]) -> tuple[float, float]:
     """``(a, b)`` maximising the likelihood of the turns: a k-turn conversation ends with
     chance ``a / (a + b + k - 1)``. A grid search (a from 1.05 to 20, b from 0.02 to 20), then
     a finer one around the best point: deterministic, and quick for a few dozen turn counts."""
-    k = np.array(sorted(seen), dtype=float)
-    ended = np.array([seen[int(x)][0] - seen[int(x)][1] for x in k], dtype=float)
-    went_on = np.array([seen[int(x)][1] for x in k], dtype=float)
+    numbers = sorted(seen)
+    k = np.array(numbers, dtype=float)
+    ended = np.array([seen[x][0] - seen[x][1] for x in numbers], dtype=float)
+    went_on = np.array([seen[x][1] for x in numbers], dtype=float)
     a_lo, a_hi, b_lo, b_hi = 1.05, 20.0, 0.02, 20.0
     for _ in range(3):
         a = np.linspace(a_lo, a_hi, 200)[:, None, None]
         b = np.linspace(b_lo, b_hi, 200)[None, :, None]
-        end = a / (a + b + k - 1)
+        end = end_chance(a, b, k)
         ll = (ended * np.log(end) + went_on * np.log1p(-end)).sum(axis=2)
         i, j = np.unravel_index(np.argmax(ll), ll.shape)
         best_a, best_b = float(a[i, 0, 0]), float(b[0, j, 0])
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"turns: end chance ~ Beta({a}, {b}); {f.mean_turns:.2f} turns on average")
     print("chance of another turn after k turns (observed / fitted):")
     for k, share in list(f.continue_by_turn.items())[:10]:
-        print(f"  k={k}: {share:.3f} / {1 - a / (a + b + k - 1):.3f}")
+        print(f"  k={k}: {share:.3f} / {1 - end_chance(a, b, k):.3f}")
     print(f"think times: log-normal, median {f.think_median_s:.0f} s, sigma {f.think_sigma:.2f}")
     return 0
 

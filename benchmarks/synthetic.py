@@ -40,6 +40,7 @@ import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from benchmarks.conversations import mean_turns
 from benchmarks.traces import Request
 
 DEFAULT_REQUESTS = 4000
@@ -115,7 +116,7 @@ CHAT_THINK_MEDIAN_S, CHAT_THINK_SIGMA = 132.0, 0.98
 FITTED_SESSIONS = Sessions(
     end_chance=lambda rng: rng.betavariate(*CHAT_END_BETA),
     think_s=lambda rng: rng.lognormvariate(math.log(CHAT_THINK_MEDIAN_S), CHAT_THINK_SIGMA),
-    mean_turns=(sum(CHAT_END_BETA) - 1) / (CHAT_END_BETA[0] - 1),
+    mean_turns=mean_turns(CHAT_END_BETA),
 )
 MEMORYLESS_SESSIONS = Sessions(end_chance=lambda rng: 0.25, think_s=lambda rng: rng.expovariate(1 / 60),
                                mean_turns=4.0)
