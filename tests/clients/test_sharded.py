@@ -32,8 +32,8 @@ def test_blocks_spread_by_the_ring_and_come_back_in_order(three):
         assert c.pin(keys[:5]) == 5 and c.unpin(keys[:5]) == 5
         assert c.ping()
         held = {s.data_url: httpx.get(s.rest_url + "/v1/stats").json()["blocks"] for s in three}
-        assert sum(held.values()) == 24 and all(n > 0 for n in held.values())  # every one holds some
-        for s in three:  # and exactly the keys the ring gives it
+        assert sum(held.values()) == 24
+        for s in three:  # each holds exactly the keys the ring gives it (ports, so shares, vary)
             with CacheClient(s.data_url) as one:
                 mine = [k for k in keys if c.owner(k) == s.data_url]
                 assert len(one.lookup(mine)) == len(mine) == held[s.data_url]
@@ -55,7 +55,7 @@ def test_a_dead_service_costs_only_its_own_keys(three):
     c = open_client(",".join(s.data_url for s in three))
     assert isinstance(c, ShardedCacheClient)
     c.put(blocks)
-    dead = three[1]
+    dead = next(s for s in three if s.data_url == c.owner(keys[0]))  # one that holds some
     dead.stop(signal.SIGKILL)
     got = c.get(keys)
     for key, block, g in zip(keys, blocks, got, strict=True):
