@@ -7,6 +7,7 @@ from tiers.policy import (
     FIFOPolicy,
     LRUPolicy,
     MultiQueuePolicy,
+    ReuseByShape,
     SLRUPolicy,
     make_policy,
 )
@@ -216,3 +217,48 @@ def test_adaptive_in_the_store_sees_requests_through_lookup_and_beats_mq_on_loop
     requests = [[Block(k.rjust(16, b"k"), b"\0" * 16, 0, None, 1) for k in r] for r in shifting_loops(16)]
     rates = {p: replay(requests, [TierSpec("dram", 16)], p)["hit_rate"] for p in ("lru", "mq", "adaptive")}
     assert rates["mq"] < rates["adaptive"] <= rates["lru"]
+
+
+def test_reuse_by_shape_calls_a_shape_cold_once_it_has_learned_it_seldom_comes_back():
+    model = ReuseByShape()
+    burst, single = ReuseByShape.shape(0, 8), ReuseByShape.shape(0, 1)
+    assert burst != single and ReuseByShape.shape(3, 8) != burst  # resident blocks count too
+    assert ReuseByShape.shape(10**6, 10**6) < ReuseByShape.BUCKETS**2  # long requests share the top bucket
+    for _ in range(110):
+        for _ in range(8):
+            model.inserted(burst)
+        model.inserted(single)
+        model.reused(single)
+    assert not model.cold(burst)  # 990 blocks: too few to judge
+    for _ in range(20):
+        model.inserted(burst)
+    assert model.cold(burst) and not model.cold(single)
+    for _ in range(5000):  # the workload turns: the counts halve, so the model follows
+        model.inserted(burst)
+        model.reused(burst)
+    assert not model.cold(burst)
+
+
+def bursts_and_returns(rounds: int) -> list[list[bytes]]:
+    """Each round: a new one-block request, the one from 8 rounds back again, and an
+    8-block request never seen again. 72 blocks go in between a block's two uses."""
+    out = []
+    for r in range(rounds):
+        out.append([b"one-%d" % r])
+        if r >= 8:
+            out.append([b"one-%d" % (r - 8)])
+        out.append([b"burst-%d-%d" % (r, i) for i in range(8)])
+    return out
+
+
+def test_multiqueue_admission_sends_blocks_of_cold_shapes_first():
+    requests = bursts_and_returns(400)
+    lru = serve(LRUPolicy(), requests, 64)
+    plain = serve(MultiQueuePolicy(history=4), requests, 64)
+    admitting = MultiQueuePolicy(history=4, admission=ReuseByShape())
+    learned = serve(admitting, requests, 64)
+    assert lru == plain == 0  # every return comes after 72 other blocks: LRU and mq lose all
+    assert learned >= 280  # of 392: each one once 1,000 blocks are counted (112 rounds in)
+    order = list(admitting.candidates())
+    assert {b"one-%d" % r for r in range(392, 400)} <= set(order)  # all 8 awaiting their return
+    assert order[0].startswith(b"burst")
