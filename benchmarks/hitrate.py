@@ -147,6 +147,7 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
     aliases = {"default": DEFAULT_POLICY} if "default" in policies and DEFAULT_POLICY in policies else {}
     runs = [p for p in dict.fromkeys(policies) if p not in aliases]
     jobs = [(ref, f, t) for ref in _OFFLINE for f, t in stores] + [(p, f, t) for p in runs for f, t in stores]
+    jobs.sort(key=lambda job: -_replay_cost(job[0]))  # slowest first: none is left to run alone at the end
     ctx = multiprocessing.get_context("fork")  # workers inherit _TRACE without pickling it
     results: list[dict] = []
     offline: dict[str, list[dict]] = {ref: [] for ref in _OFFLINE}
@@ -171,6 +172,13 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
 
 _TRACE: list = []  # [requests, their store blocks], set in the parent before workers fork
 _OFFLINE = ("belady", "oracle_admission")  # the offline references' keys in the report
+
+
+def _replay_cost(name: str) -> float:
+    """A replay's relative cost (1: one policy structure), for ordering the jobs."""
+    from tiers.policy import POLICIES
+
+    return getattr(POLICIES.get(name), "REPLAY_COST", 1)
 
 
 def _job(name: str, tiers: list, block_bytes: int, memory: bool = False) -> float | dict:

@@ -162,12 +162,15 @@ class ReuseByShape:
         top = cls.BUCKETS - 1
         return min(resident.bit_length(), top) * cls.BUCKETS + min(new.bit_length(), top)
 
-    def inserted(self, shape: int) -> None:
+    def new_block(self, shape: int) -> bool:
+        """Count a new block from a request of ``shape``; whether the shape is cold."""
         self._trials[shape] += 1
         self._total_trials += 1
         self._count()
+        return self.cold(shape)
 
     def reused(self, shape: int) -> None:
+        """A block counted by ``new_block`` was used again (once per block)."""
         self._reused[shape] += 1
         self._total_reused += 1
         self._count()
@@ -261,14 +264,12 @@ class MultiQueuePolicy(EvictionPolicy):
                 self._admission.reused(-1 - earlier)
                 earlier = 1
             shape = -1  # not new: its request's shape says nothing about it
-        elif shape != -1:
-            self._admission.inserted(shape)
-            if self._admission.cold(shape):
-                self._uses[key] = (0, meta.hits, _COLD, shape)
-                self._cold[key] = self._clock
-                return
-        self._uses[key] = (earlier or 0, meta.hits, _UNPLACED, shape)
-        self._place(key, meta)
+        elif shape != -1 and self._admission.new_block(shape):
+            self._uses[key] = (0, meta.hits, _COLD, shape)
+            self._cold[key] = self._clock
+            return
+        entry = self._uses[key] = (earlier or 0, meta.hits, _UNPLACED, shape)
+        self._place(key, (earlier or 0) + 1, entry)
 
     def touch(self, key: bytes, meta: Any) -> None:
         entry = self._uses.get(key)
@@ -285,20 +286,21 @@ class MultiQueuePolicy(EvictionPolicy):
             if c == _COLD:
                 del self._cold[key]
                 c = _UNPLACED
-            self._uses[key] = (earlier, hits0, c, -1)
-        self._place(key, meta)
+            entry = self._uses[key] = (earlier, hits0, c, -1)
+        self._place(key, earlier + meta.hits - hits0 + 1, entry)
 
-    def _place(self, key: bytes, meta: Any) -> None:
-        earlier, hits0, old, shape = self._uses[key]
-        uses = earlier + meta.hits - hits0 + 1
+    def _place(self, key: bytes, uses: int, entry: tuple[int, int, int, int]) -> None:
+        """Put ``key`` at the fresh end of its use class's queue; ``entry`` is its row in
+        ``_uses``, whose class is updated if it changed."""
         c = min(uses.bit_length() - 1, self._CLASSES - 1)
         q = self._queues[c]
         q[key] = self._clock
         q.move_to_end(key)
+        old = entry[2]
         if c != old:
             if old != _UNPLACED:
                 del self._queues[old][key]
-            self._uses[key] = (earlier, hits0, c, shape)
+            self._uses[key] = (entry[0], entry[1], c, entry[3])
 
     def remove(self, key: bytes) -> None:
         entry = self._uses.pop(key, None)
@@ -385,6 +387,7 @@ class AdaptivePolicy(EvictionPolicy):
     """
 
     CAPS = (0.0, 1 / 8, 1 / 4, 1 / 2, 2.0)
+    REPLAY_COST = 6  # against one policy structure: its own two and a shadow cache per cap
     HISTORY = 16
     SHADOW_HISTORY = 4
 

@@ -225,16 +225,14 @@ def test_reuse_by_shape_calls_a_shape_cold_once_it_has_learned_it_seldom_comes_b
     assert burst != single and ReuseByShape.shape(3, 8) != burst  # resident blocks count too
     assert ReuseByShape.shape(10**6, 10**6) < ReuseByShape.BUCKETS**2  # long requests share the top bucket
     for _ in range(110):
-        for _ in range(8):
-            model.inserted(burst)
-        model.inserted(single)
+        assert not any([model.new_block(burst) for _ in range(8)])
+        assert not model.new_block(single)
         model.reused(single)
     assert not model.cold(burst)  # 990 blocks: too few to judge
-    for _ in range(20):
-        model.inserted(burst)
+    assert [model.new_block(burst) for _ in range(20)] == [False] * 9 + [True] * 11  # from the 1,000th
     assert model.cold(burst) and not model.cold(single)
     for _ in range(5000):  # the workload turns: the counts halve, so the model follows
-        model.inserted(burst)
+        model.new_block(burst)
         model.reused(burst)
     assert not model.cold(burst)
 
