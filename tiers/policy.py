@@ -212,6 +212,10 @@ class MultiQueuePolicy(EvictionPolicy):
     - Time is counted in inserts and the offset in multiples of the resident count, so
       nothing depends on the tier's size or the trace's clock.
 
+    - With ``admission`` (``AdaptivePolicy`` uses it; ``mq`` alone does not), new blocks
+      of cold request shapes wait in a cold queue, ranked as ``COLD_OFFSET``
+      resident-counts older, until their first hit.
+
     Each class is an ``OrderedDict`` (O(1) touch and removal); ``candidates`` merges the
     few class queues by priority (O(log classes) per candidate).
     """
@@ -377,6 +381,9 @@ class AdaptivePolicy(EvictionPolicy):
     - This is set dueling (Qureshi et al. 2007) with full shadows rather than sampled
       sets: a block is worth nothing once its prefix is gone, so per-key samples misjudge
       prefix hits.
+    - The real multi-queue and each multi-queue shadow learn admission (``ReuseByShape``,
+      each its own): new blocks from requests of a shape whose blocks seldom come back
+      rank as older until their first hit. The LRU order and shadow stay plain LRU.
 
     Cost per operation: O(1) for the LRU order, O(log classes) per candidate for the
     multi-queue; per request, one replay in each shadow. Memory: the resident keys held
