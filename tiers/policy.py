@@ -237,7 +237,7 @@ class MultiQueuePolicy(EvictionPolicy):
         self._cold: OrderedDict[bytes, int] = OrderedDict()
         # key -> (earlier uses, hits at insert, class, shape of its request until first reused or -1)
         self._uses: dict[bytes, tuple[int, int, int, int]] = {}
-        # evicted key -> uses, or ``_once(shape)`` for a once-used block still to be counted
+        # evicted key -> uses, or ``-1 - shape`` for a once-used block whose reuse is yet to be counted
         self._history: OrderedDict[bytes, int] = OrderedDict()  # oldest first
         self._history_factor = history
         self._max_offset = max_offset
