@@ -262,18 +262,20 @@ class MultiQueuePolicy(EvictionPolicy):
         self._clock += 1
         earlier = self._history.pop(key, None)
         shape = self._new.pop(key, -1)
-        if earlier is not None:
+        if earlier is None:
+            earlier = 0
+            if shape != -1 and self._admission.new_block(shape):
+                self._uses[key] = (0, meta.hits, _COLD, shape)
+                self._cold[key] = self._clock
+                return
+        else:
             self._returned[earlier > 1] += 1  # a negative entry is a once-used block
             if earlier < 0:  # an evicted block's first reuse
                 self._admission.reused(-1 - earlier)
                 earlier = 1
             shape = -1  # not new: its request's shape says nothing about it
-        elif shape != -1 and self._admission.new_block(shape):
-            self._uses[key] = (0, meta.hits, _COLD, shape)
-            self._cold[key] = self._clock
-            return
-        entry = self._uses[key] = (earlier or 0, meta.hits, _UNPLACED, shape)
-        self._place(key, (earlier or 0) + 1, entry)
+        entry = self._uses[key] = (earlier, meta.hits, _UNPLACED, shape)
+        self._place(key, earlier + 1, entry)
 
     def touch(self, key: bytes, meta: Any) -> None:
         entry = self._uses.get(key)
@@ -445,8 +447,7 @@ class AdaptivePolicy(EvictionPolicy):
         previous, self._pending = self._pending, keys
         if not previous or not self._most_resident:
             return
-        chain = list(zip(previous, [None, *previous[:-1]], strict=True))
-        hits = [s.request(chain, self._most_resident) for s in self._shadows]
+        hits = [s.request(previous, self._most_resident) for s in self._shadows]
         if min(hits) == max(hits):
             return
         scores = self._scores
@@ -485,29 +486,31 @@ class _Shadow:
         self._children: dict[bytes, int] = {}  # key -> cached keys whose parent it is
         self.hits = 0
 
-    def request(self, keys: list[tuple[bytes, bytes | None]], capacity: int) -> int:
-        """Hit blocks of a request of (key, parent), shallow first. Then it is cached as
+    def request(self, keys: list[bytes], capacity: int) -> int:
+        """Hit blocks of a request (its keys from depth 0, each the parent of the next).
+        Then it is cached as
         the store caches it: the hit blocks are touched (the get), room is made for the
         missing ones, which go in shallow first, and every block is touched deepest first
         (the put: an ancestor ends up more recent than its descendants)."""
         metas, policy = self._metas, self._policy
-        policy.observe([key for key, _ in keys])
+        policy.observe(keys)
         hit = 0
-        while hit < len(keys) and keys[hit][0] in metas:
+        while hit < len(keys) and keys[hit] in metas:
             hit += 1
-        for key, _ in reversed(keys[:hit]):  # the get's touches
+        for key in reversed(keys[:hit]):  # the get's touches
             meta = metas[key]
             meta.hits += 1
             policy.touch(key, meta)
-        new = [(k, p) for k, p in keys[hit:] if k not in metas][:capacity]
+        new = [i for i in range(hit, len(keys)) if keys[i] not in metas][:capacity]
         if len(metas) + len(new) > capacity:
             self._evict(len(metas) + len(new) - capacity)
-        for key, parent in new:
+        for i in new:
+            key, parent = keys[i], keys[i - 1] if i else None
             meta = metas[key] = _ShadowMeta(parent)
             if parent is not None:
                 self._children[parent] = self._children.get(parent, 0) + 1
             policy.insert(key, meta)
-        for key, _ in reversed(keys):  # the put's touches
+        for key in reversed(keys):  # the put's touches
             meta = metas.get(key)
             if meta is not None:
                 policy.touch(key, meta)
