@@ -4,6 +4,7 @@ from tiers.policy import (
     DEFAULT_POLICY,
     POLICIES,
     AdaptivePolicy,
+    BimodalPolicy,
     FIFOPolicy,
     LRUPolicy,
     MultiQueuePolicy,
@@ -159,11 +160,66 @@ def test_adaptive_follows_lru_on_shifting_loops():
 
 def test_adaptive_follows_multi_queue_on_scans():
     requests = hot_set_and_scans(16)
-    adaptive = AdaptivePolicy()
+    adaptive = AdaptivePolicy(bimodal=False)
     hits = serve(adaptive, requests, 16)
     assert serve(LRUPolicy(), requests, 16) == 0
     assert hits == serve(MultiQueuePolicy(history=16), requests, 16) == 100
     assert adaptive.following > 0 and adaptive.switches == 0
+
+
+def test_bimodal_puts_new_and_returning_chains_at_the_evictable_end():
+    bimodal = BimodalPolicy(every=10**9)  # the lottery never lets one through
+    m = {k: meta() for k in (b"a", b"b", b"x", b"y", b"z")}
+
+    def request(keys: list[bytes]) -> None:  # as the store calls it: lookup, puts, put's touches
+        bimodal.observe(keys)
+        for k in keys:
+            if k not in list(bimodal.candidates()):
+                bimodal.insert(k, m[k])
+        for k in reversed(keys):
+            bimodal.touch(k, m[k])
+
+    request([b"a"])  # a new chain: the evictable end, where it is alone
+    request([b"a", b"b"])  # extends a resident chain cleanly: the fresh end, and its put refreshes a
+    assert list(bimodal.candidates()) == [b"b", b"a"]
+    request([b"x"])
+    request([b"y"])  # new chains go first, the newest first
+    assert list(bimodal.candidates()) == [b"y", b"x", b"b", b"a"]
+    request([b"a", b"b", b"z"])  # clean again: z at the fresh end
+    bimodal.remove(b"z")
+    request([b"a", b"b", b"z"])  # z comes back after eviction: the evictable end
+    assert next(bimodal.candidates()) == b"z"
+    m[b"x"].hits = 1
+    bimodal.touch(b"x", m[b"x"])  # a hit moves a block to the fresh end whatever the request
+    assert list(bimodal.candidates())[-1] == b"x"
+    bimodal.remove(b"unknown")
+    assert len(bimodal) == 5
+
+
+def test_bimodal_lottery_lets_one_new_chain_in_every_so_often():
+    runs = []
+    for _ in range(2):
+        bimodal = BimodalPolicy()  # one in 8, seeded
+        for i in range(800):
+            bimodal.observe([b"n%d" % i])
+            bimodal.insert(b"n%d" % i, meta())
+        runs.append(list(bimodal.candidates()))
+    fresh = runs[0][runs[0].index(b"n0"):]  # n0 went in first; the lucky ones went in after it
+    assert 60 < len(fresh) < 140
+    assert runs[0] == runs[1]  # the same draws each time
+
+
+def test_adaptive_follows_bimodal_when_the_hot_set_is_lost_to_every_scan():
+    """LRU loses the hot set to every scan and mq keeps it only from its protected class;
+    the bimodal order lets scans pass at the evictable end, so adaptive follows it and,
+    once the hot set is back in the real cache (the lottery lets it in), beats both."""
+    requests = hot_set_and_scans(16)
+    adaptive = AdaptivePolicy()
+    hits = serve(adaptive, requests, 16)
+    mq = serve(MultiQueuePolicy(history=16), requests, 16)
+    assert adaptive.following == AdaptivePolicy.BIMODAL
+    assert adaptive.shadow_hits[AdaptivePolicy.BIMODAL] > adaptive.shadow_hits[2.0] == mq == 100
+    assert hits > 3 * mq
 
 
 def test_adaptive_is_deterministic():
@@ -179,7 +235,7 @@ def test_adaptive_shadows_count_the_hit_prefix_of_each_request():
     # Three blocks at most: r-a-b fills it; x evicts b, the deepest and least recent. A
     # request is replayed in the shadows when the next is observed: the empty one last.
     assert serve(adaptive, [[b"r", b"a", b"b"], [b"x"], [b"r", b"a", b"b"], []], 3) == 2
-    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2}  # r and a, as the cache counts them
+    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2, "bimodal": 2}  # r and a, as the cache counts them
 
 
 def test_adaptive_ignores_unknown_keys_and_orders_by_the_followed_cap():
