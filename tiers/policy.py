@@ -181,15 +181,21 @@ class BimodalPolicy(EvictionPolicy):
     def remove(self, key: bytes) -> None:
         if self._order.pop(key, None) is None:
             return
-        self._evicted[key] = None
-        while len(self._evicted) > max(len(self._order), 1):
-            self._evicted.popitem(last=False)
+        remember(self._evicted, key, None, len(self._order))
 
     def candidates(self) -> Iterator[bytes]:
         return iter(self._order)
 
     def __len__(self) -> int:
         return len(self._order)
+
+
+def remember(history: OrderedDict[bytes, Any], key: bytes, value: Any, limit: int) -> None:
+    """Record an evicted ``key`` in ``history`` (oldest first), keeping at most ``limit``
+    entries (at least one)."""
+    history[key] = value
+    while len(history) > max(limit, 1):
+        history.popitem(last=False)
 
 
 def resident_prefix(keys: list[bytes], resident: Container[bytes]) -> int:
@@ -390,9 +396,8 @@ class MultiQueuePolicy(EvictionPolicy):
         else:
             del self._queues[c][key]
             uses = earlier + 1 if c == 0 else 1 << c  # the class floor is enough to classify it later
-        self._history[key] = uses if shape == -1 else -1 - shape
-        while len(self._history) > max(self._history_factor * len(self._uses), 1):
-            self._history.popitem(last=False)
+        remember(self._history, key, uses if shape == -1 else -1 - shape,
+                 self._history_factor * len(self._uses))
         self._evicted[uses > 1] += 1
         self._removals += 1
         if self._removals % self._ADAPT_EVERY == 0:
@@ -489,6 +494,9 @@ class AdaptivePolicy(EvictionPolicy):
         self._lru = LRUPolicy()
         self._mq = MultiQueuePolicy(history=history, admission=ReuseByShape())
         self._bimodal = BimodalPolicy() if bimodal else None
+        # every order over the resident keys: each insert, touch, remove and observe goes to all
+        self._structures: tuple[EvictionPolicy, ...] = (
+            (self._lru, self._mq) if self._bimodal is None else (self._lru, self._mq, self._bimodal))
         self._shadows = [_Shadow(LRUPolicy() if cap == 0
                                  else MultiQueuePolicy(shadow_history, cap, admission=ReuseByShape()))
                          for cap in caps]
@@ -511,28 +519,24 @@ class AdaptivePolicy(EvictionPolicy):
     def shadow_hits(self) -> dict[float | str, int]:
         return {order: s.hits for order, s in zip(self._orders, self._shadows, strict=True)}
 
-    def _structures(self) -> list[EvictionPolicy]:
-        return [self._lru, self._mq] if self._bimodal is None else [self._lru, self._mq, self._bimodal]
-
     def insert(self, key: bytes, meta: Any) -> None:
-        for structure in self._structures():
+        for structure in self._structures:
             structure.insert(key, meta)
         self._most_resident = max(self._most_resident, len(self._lru))
 
     def touch(self, key: bytes, meta: Any) -> None:
-        for structure in self._structures():
+        for structure in self._structures:
             structure.touch(key, meta)
 
     def remove(self, key: bytes) -> None:
-        for structure in self._structures():
+        for structure in self._structures:
             structure.remove(key)
 
     def observe(self, keys: list[bytes]) -> None:
         """Replay the previous request in the shadows, and keep this one for the next
         call: by then its put has happened, so the shadows' size counts it."""
-        self._mq.observe(keys)
-        if self._bimodal is not None:
-            self._bimodal.observe(keys)
+        for structure in self._structures:
+            structure.observe(keys)
         previous, self._pending = self._pending, keys
         if not previous or not self._most_resident:
             return

@@ -11,6 +11,7 @@ from tiers.policy import (
     ReuseByShape,
     SLRUPolicy,
     make_policy,
+    resident_prefix,
 )
 from tiers.store import BlockMeta
 
@@ -106,9 +107,7 @@ def serve(policy, requests: list[list[bytes]], capacity: int) -> int:
     hits = 0
     for keys in requests:
         policy.observe(keys)  # the lookup
-        hit = 0
-        while hit < len(keys) and keys[hit] in metas:
-            hit += 1
+        hit = resident_prefix(keys, metas)
         hits += hit
         for k in reversed(keys[:hit]):  # get: the hit prefix, deepest first
             metas[k].hits += 1
