@@ -6,6 +6,7 @@ from tiers.policy import (
     AdaptivePolicy,
     BimodalPolicy,
     FIFOPolicy,
+    HotPolicy,
     LRUPolicy,
     MultiQueuePolicy,
     ReuseByShape,
@@ -234,7 +235,8 @@ def test_adaptive_shadows_count_the_hit_prefix_of_each_request():
     # Three blocks at most: r-a-b fills it; x evicts b, the deepest and least recent. A
     # request is replayed in the shadows when the next is observed: the empty one last.
     assert serve(adaptive, [[b"r", b"a", b"b"], [b"x"], [b"r", b"a", b"b"], []], 3) == 2
-    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2, "bimodal": 2}  # r and a, as the cache counts them
+    # r and a, as the cache counts them
+    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2, "bimodal": 2, "hot": 2}
 
 
 def test_adaptive_ignores_unknown_keys_and_orders_by_the_followed_cap():
@@ -315,3 +317,32 @@ def test_multiqueue_admission_sends_blocks_of_cold_shapes_first():
     order = list(admitting.candidates())
     assert {b"one-%d" % r for r in range(392, 400)} <= set(order)  # all 8 awaiting their return
     assert order[0].startswith(b"burst")
+
+
+def test_hot_protects_only_blocks_used_eight_times_or_more():
+    hot, mq = HotPolicy(), MultiQueuePolicy()
+    m = {k: meta() for k in (b"x", b"b", b"c", b"d")}
+    m[b"x"].hits = 3  # 4 uses: class 2, which the multi-queue protects
+    m[b"b"].hits = 7  # 8 uses: the top class
+    for policy in (hot, mq):
+        for k in (b"x", b"b", b"c", b"d"):
+            policy.insert(k, meta())
+            policy.touch(k, m[k])
+    assert list(hot.candidates()) == [b"x", b"c", b"d", b"b"]  # by recency, but for b
+    assert list(mq.candidates()) == [b"c", b"x", b"d", b"b"]  # x: 0.25 x 4 blocks x 2 classes later
+
+
+def test_adaptive_races_the_hot_order_and_keeps_shared_prompts_when_sessions_thrash(monkeypatch):
+    """chat-memoryless at 2% of distinct blocks: LRU lets the less popular system prompts
+    go between their uses, and the multi-queue orders also protect the sessions' blocks,
+    which give no sign of coming back; the hot order keeps only the prompts."""
+    from benchmarks.replay import TierSpec, replay, request_blocks
+    from benchmarks.synthetic import generate
+    from benchmarks.traces import distinct_blocks
+
+    monkeypatch.setitem(POLICIES, "adaptive-without-hot", lambda: AdaptivePolicy(hot=False))
+    requests = generate("chat-memoryless")
+    tiers = [TierSpec("dram", distinct_blocks(requests) // 50)]
+    blocks = request_blocks(requests, 1)
+    rates = {p: replay(blocks, tiers, p)["hit_rate"] for p in ("lru", "adaptive-without-hot", "adaptive")}
+    assert rates["adaptive"] > rates["adaptive-without-hot"] + 0.01 > rates["lru"] + 0.01
