@@ -17,6 +17,7 @@ import heapq
 from collections.abc import Callable, Sequence
 
 from benchmarks.traces import Request
+from tiers.policy import resident_prefix
 
 _NEVER = 1 << 62
 
@@ -67,12 +68,7 @@ def _offline_hit_rate(requests: Sequence[Request], capacity_blocks: int, nexts: 
     hits = total = 0
     for n, (r, uses) in enumerate(zip(requests, nexts, strict=True)):
         ids = r.block_ids
-        hit = 0
-        for i in ids:
-            if i not in resident:
-                break
-            hit += 1
-        hits += hit
+        hits += resident_prefix(ids, resident)
         total += len(ids)
         for depth, (i, nu) in enumerate(zip(ids, uses, strict=True)):
             resident[i] = key = rank(n, depth, nu)

@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from benchmarks.belady import belady_hit_rate
 from benchmarks.conversations import SessionFit, end_chance, fit, turns
+from benchmarks.replay import TierSpec, replay, request_blocks
 from benchmarks.traces import Request, distinct_blocks
+from tiers.policy import resident_prefix
 
 
 def still_going(model: SessionFit, turn: int, idle_s: float) -> float:
@@ -63,10 +64,7 @@ def session_model_hit_rate(requests: Sequence[Request], capacity_blocks: int,
     for n, (r, turn) in enumerate(zip(requests, chain, strict=True)):
         ids, now = r.block_ids, r.timestamp_ms / 1000
         s = session[n] = n if turn.previous is None else session[turn.previous]
-        hit = 0
-        while hit < len(ids) and ids[hit] in resident:
-            hit += 1
-        hits += hit
+        hits += resident_prefix(ids, resident)
         total += len(ids)
         for i in ids:
             if i in resident:
@@ -90,22 +88,8 @@ def session_model_hit_rate(requests: Sequence[Request], capacity_blocks: int,
 
 
 def lru_hit_rate(requests: Sequence[Request], capacity_blocks: int) -> float:
-    """Plain LRU by block, a request's deepest block the least recent of its own."""
-    cache: OrderedDict[int, None] = OrderedDict()
-    hits = total = 0
-    for r in requests:
-        ids = r.block_ids
-        hit = 0
-        while hit < len(ids) and ids[hit] in cache:
-            hit += 1
-        hits += hit
-        total += len(ids)
-        for i in reversed(ids):
-            cache[i] = None
-            cache.move_to_end(i)
-        while len(cache) > capacity_blocks:
-            cache.popitem(last=False)
-    return hits / total if total else 0.0
+    """The store's LRU, replayed as ``kvtier bench hitrate`` replays it."""
+    return replay(request_blocks(requests, 1), [TierSpec("dram", capacity_blocks)], "lru")["hit_rate"]
 
 
 def main(argv: list[str] | None = None) -> int:

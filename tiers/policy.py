@@ -420,19 +420,19 @@ class MultiQueuePolicy(EvictionPolicy):
         """The candidates as if the offset were at most ``offset_cap`` (0: by recency
         alone, to the resolution of the insert clock)."""
         step = min(self._offset, offset_cap) * len(self._uses)
-        ranked = [_by_priority(q, c * step) for c, q in enumerate(self._queues) if q]
-        if self._cold:
-            ranked.append(_by_priority(self._cold, -self.COLD_OFFSET * len(self._uses)))
-        return (key for _, key in heapq.merge(*ranked))
+        return self._merged([c * step for c in range(self._CLASSES)])
 
     def hot_order(self, offset: float) -> Iterator[bytes]:
         """The candidates by recency alone, except that blocks of the top use class (8 or
         more uses) rank ``offset`` resident-counts fresher; cold blocks still go first."""
-        n = len(self._uses)
-        top = self._CLASSES - 1
-        ranked = [_by_priority(q, offset * n if c == top else 0) for c, q in enumerate(self._queues) if q]
+        return self._merged([0] * (self._CLASSES - 1) + [offset * len(self._uses)])
+
+    def _merged(self, offsets: list[float]) -> Iterator[bytes]:
+        """The class queues merged by last touch plus ``offsets[class]`` (in inserts), and
+        the cold queue ``COLD_OFFSET`` resident-counts older."""
+        ranked = [_by_priority(q, offsets[c]) for c, q in enumerate(self._queues) if q]
         if self._cold:
-            ranked.append(_by_priority(self._cold, -self.COLD_OFFSET * n))
+            ranked.append(_by_priority(self._cold, -self.COLD_OFFSET * len(self._uses)))
         return (key for _, key in heapq.merge(*ranked))
 
     def __len__(self) -> int:
@@ -463,7 +463,7 @@ class HotPolicy(MultiQueuePolicy):
 
     def __init__(self, history: int = 1, offset: float = OFFSET,
                  admission: ReuseByShape | None = None) -> None:
-        super().__init__(history, offset, admission)
+        super().__init__(history, admission=admission)
         self._hot_offset = offset
 
     def candidates(self) -> Iterator[bytes]:
@@ -500,13 +500,13 @@ class AdaptivePolicy(EvictionPolicy):
       noise. A request is replayed when the next one is observed, once the store has put
       it, so that the shadows' size counts it.
     - The bimodal order is followed only while its shadow also leads over a longer
-      window (``bimodal_decay``, about 500 requests), and left as soon as it does not
+      window (``long_decay``, about 500 requests), and left as soon as it does not
       lead the short one: its stable set pays off slowly, and over 50 requests it leads
       by chance on traffic where it loses (without this gate: 0.37 points below LRU on
       chat-memoryless at 5%; with a 100-request window, 0.31 below on Mooncake at 20%).
     - The hot order (``HotPolicy``, with ``hot``) is raced apart: it is followed while its
       shadow hits more than the chosen order's over the short window and leads it by
-      ``hot_lead`` (3%) of that order's hits over the long one. Scored with the others,
+      ``hot_lead`` (3%) of that order's hits over the long window. Scored with the others,
       its shadow would change which requests count toward their windows, and with them
       the choice among the others (0.3 points below LRU on ``chat-memoryless`` at 10%).
     - This is set dueling (Qureshi et al. 2007) with full shadows rather than sampled
@@ -520,9 +520,9 @@ class AdaptivePolicy(EvictionPolicy):
     candidate for the multi-queue and hot orders; per request, one replay in each shadow.
     Memory: the resident keys held by one shadow per order and the real structures, plus
     the histories (16 keys per resident key for the real multi-queue, 4 for each
-    multi-queue and hot shadow, 1 for each bimodal order). Requests the store is not asked about
-    (a ``get`` or ``put`` with no ``lookup`` first) still update the structures but not
-    the scores.
+    multi-queue and hot shadow, 1 for each bimodal order). Requests the store is not
+    asked about (a ``get`` or ``put`` with no ``lookup`` first) still update the
+    structures but not the scores.
     """
 
     CAPS = (0.0, 1 / 4, 1 / 2, 2.0)
@@ -534,7 +534,7 @@ class AdaptivePolicy(EvictionPolicy):
 
     def __init__(self, caps: tuple[float, ...] = CAPS, history: int = HISTORY,
                  shadow_history: int = SHADOW_HISTORY, decay: float = 0.98,
-                 hysteresis: float = 1.02, *, bimodal: bool = True, bimodal_decay: float = 0.998,
+                 hysteresis: float = 1.02, *, bimodal: bool = True, long_decay: float = 0.998,
                  hot: bool = True, hot_lead: float = 0.03) -> None:
         if not caps:
             raise ValueError("AdaptivePolicy needs at least one offset cap")
@@ -552,10 +552,10 @@ class AdaptivePolicy(EvictionPolicy):
             self._shadows.append(_Shadow(BimodalPolicy()))
         self._scores = [0.0] * len(self._orders)
         self._long_scores = [0.0] * len(self._orders)  # the same hits over about 500 requests
-        self._decay, self._hysteresis, self._long_decay = decay, hysteresis, bimodal_decay
+        self._decay, self._hysteresis, self._long_decay = decay, hysteresis, long_decay
         self._following = len(caps) - 1
         # raced apart from the others, so that its shadow leaves their scores as they are
-        self._hot = _Challenger(HotPolicy(shadow_history, admission=ReuseByShape()), decay, bimodal_decay,
+        self._hot = _Challenger(HotPolicy(shadow_history, admission=ReuseByShape()), decay, long_decay,
                                 hot_lead) if hot else None
         self._most_resident = 0
         self._pending: list[bytes] = []
