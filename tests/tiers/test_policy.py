@@ -5,6 +5,7 @@ from tiers.policy import (
     POLICIES,
     AdaptivePolicy,
     BimodalPolicy,
+    ConversationDepth,
     FIFOPolicy,
     HotPolicy,
     LRUPolicy,
@@ -346,3 +347,62 @@ def test_adaptive_races_the_hot_order_and_keeps_shared_prompts_when_sessions_thr
     blocks = request_blocks(requests, 1)
     rates = {p: replay(blocks, tiers, p)["hit_rate"] for p in ("lru", "adaptive-without-hot", "adaptive")}
     assert rates["adaptive"] > rates["adaptive-without-hot"] + 0.01 > rates["lru"] + 0.01
+
+
+def conversations(turns: list[int]) -> list[list[bytes]]:
+    """One conversation per entry, that many turns each, one after another; every turn
+    sends the last one again and adds a block."""
+    out = []
+    for c, n in enumerate(turns):
+        history: list[bytes] = []
+        for t in range(n):
+            history = [*history, b"c%d-%d" % (c, t)]
+            out.append(history)
+    return out
+
+
+def floors(depth: ConversationDepth, requests: list[list[bytes]]) -> list[int]:
+    return [depth.floor(r, 10**6) for r in requests]
+
+
+def test_conversation_depth_warms_the_depths_that_go_on_more_than_requests_do():
+    # a quarter of conversations get a second turn, and those that do run to five
+    requests = conversations([5 if c % 4 == 0 else 1 for c in range(400)])
+    depth = ConversationDepth()
+    got = floors(depth, requests)
+    assert got[:8] == [1] * 8  # too few requests counted yet to judge
+    # c396's five turns, then c397-c399: turns 2-4 are extended every time, first turns a
+    # quarter of the time, fifth turns never
+    assert got[-8:] == [1, 2, 3, 4, 1, 1, 1, 1]
+    assert depth.floor(requests[-6], 10**6) == 3  # the same list again: the same floor
+
+
+def test_conversation_depth_says_nothing_when_every_turn_is_the_last_with_the_same_chance():
+    # conversation c has 1 + (trailing zero bits of c) turns: half of the turns at every
+    # depth are followed by another
+    requests = conversations([1 + ((c & -c).bit_length() - 1) for c in range(1, 2049)])
+    assert set(floors(ConversationDepth(), requests)) == {1}
+
+
+def test_conversation_depth_finds_the_parent_below_the_last_block():
+    depth = ConversationDepth(ratio=0.0)  # every depth warm once enough requests are counted
+    floors(depth, conversations([1] * 600))
+    a, b = [b"a", b"b"], [b"a", b"b", b"c", b"d"]
+    assert floors(depth, [a, b, [*b, b"e"], list(a), [b"a", b"x"]]) == [1, 2, 3, 1, 1]
+    # a again ends where a ended: not its own parent; a..x extends no request's end
+
+
+def test_adaptive_keeps_long_conversations_by_their_depth(monkeypatch):
+    """chat at 5% of distinct blocks: a session that has gone on longer is likelier to
+    come back, which per-block use counts see only for its oldest blocks."""
+    from benchmarks.replay import TierSpec, replay, request_blocks
+    from benchmarks.synthetic import generate
+    from benchmarks.traces import distinct_blocks
+
+    monkeypatch.setitem(POLICIES, "adaptive-without-depth", lambda: AdaptivePolicy(depth=False))
+    requests = generate("chat")
+    tiers = [TierSpec("dram", distinct_blocks(requests) // 20)]
+    blocks = request_blocks(requests, 1)
+    rates = {p: replay(blocks, tiers, p)["hit_rate"] for p in ("lru", "adaptive-without-depth", "adaptive")}
+    assert rates["adaptive"] > rates["adaptive-without-depth"] + 0.005
+    assert rates["adaptive"] > rates["lru"] + 0.01
