@@ -606,12 +606,14 @@ class AdaptivePolicy(EvictionPolicy):
       but the hot order, read from the real multi-queue, sees its classes.
 
     Cost per operation: O(1) for the LRU and bimodal orders, O(log classes) per
-    candidate for the multi-queue and hot orders; per request, one replay in each shadow.
-    Memory: the resident keys held by one shadow per order and the real structures, plus
-    the histories (16 keys per resident key for the real multi-queue, 4 for each
-    multi-queue and hot shadow, 1 for each bimodal order). Requests the store is not
+    candidate for the multi-queue and hot orders; per request, one replay in each shadow
+    and one parent search for the conversation depth. Memory: the resident keys held by
+    one shadow per order and the real structures, plus the histories (16 keys per
+    resident key for the real multi-queue, 4 for each multi-queue and hot shadow, 1 for
+    each bimodal order) and 4 request ends per resident key. Requests the store is not
     asked about (a ``get`` or ``put`` with no ``lookup`` first) still update the
-    structures but not the scores.
+    structures but not the scores, and their blocks take the depth floor of the last
+    request that was asked about.
     """
 
     CAPS = (0.0, 1 / 4, 1 / 2, 2.0)
