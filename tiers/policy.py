@@ -275,7 +275,8 @@ class ConversationDepth:
     A request's parent is the earlier request that ended at its deepest earlier block
     (the last turn it sends again), and its depth is its parent's plus one (1 without a
     parent; a request that ends where an earlier one ended is not its own parent). Each
-    request's last key and depth are remembered (``limit`` entries, oldest dropped).
+    request's last key and depth are remembered (``MEMORY`` per resident key of the
+    caller, oldest dropped).
 
     Why: a chat turn's newest blocks come back exactly when its conversation does, so
     they are worth what the conversation is worth, not what their own use count says; and
@@ -284,7 +285,7 @@ class ConversationDepth:
     second, 40% of second turns a third, 46% of third turns a fourth). How often requests at each depth (1 to
     8+) are extended is learned online; a depth is *warm* when its requests are extended
     more than ``ratio`` times as often as requests on average (once ``MIN_REQUESTS`` have
-    been counted; counts halve every ``HALVE_EVERY``). ``floor(keys, limit)`` is then the
+    been counted; counts halve every ``HALVE_EVERY``). ``floor(keys, resident)`` is then the
     request's depth, and the multi-queue counts every block of the request as used at
     least that many times, so a long conversation's blocks share its oldest turn's class.
     Where depth says nothing (``chat-memoryless``: every turn the last with the same
@@ -298,6 +299,7 @@ class ConversationDepth:
     """
 
     DEPTHS = 8
+    MEMORY = 4  # request ends remembered per resident key
     HALVE_EVERY = 4096
     MIN_REQUESTS = 500
 
@@ -309,13 +311,13 @@ class ConversationDepth:
         self._seen = 0
         self._recent: list[tuple[list[bytes], int]] = []  # the last two requests and their floors
 
-    def floor(self, keys: list[bytes], limit: int) -> int:
+    def floor(self, keys: list[bytes], resident: int) -> int:
         """The fewest uses each block of this request counts as: its depth where that is
-        warm, else 1."""
+        warm, else 1. ``resident``: the caller's resident keys, which bound the memory."""
         for seen, floor in self._recent:
             if seen is keys:
                 return floor
-        floor = self._learn(keys, limit) if keys else 1
+        floor = self._learn(keys, self.MEMORY * resident) if keys else 1
         self._recent = [(keys, floor), *self._recent[:1]]
         return floor
 
@@ -375,7 +377,6 @@ class MultiQueuePolicy(EvictionPolicy):
     """
 
     _CLASSES = 4
-    DEPTH_MEMORY = 4  # request ends remembered by ``depth``, per resident key
     _ADAPT_EVERY = 256  # removals between offset updates; counts halve at each update
     _STEP = 1.2
     _MIN_OFFSET = 1 / 64  # in resident-block counts of insert time
@@ -410,7 +411,7 @@ class MultiQueuePolicy(EvictionPolicy):
 
     def observe(self, keys: list[bytes]) -> None:
         if self._depth is not None:
-            self._floor = self._depth.floor(keys, self.DEPTH_MEMORY * len(self._uses))
+            self._floor = self._depth.floor(keys, len(self._uses))
         if self._admission is None:
             return
         resident = resident_prefix(keys, self._uses)
