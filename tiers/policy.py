@@ -194,16 +194,17 @@ def remember(history: OrderedDict[bytes, Any], key: bytes, value: Any, limit: in
     """Record an evicted ``key`` in ``history`` (oldest first), keeping at most ``limit``
     entries (at least one)."""
     history[key] = value
-    while len(history) > max(limit, 1):
+    limit = max(limit, 1)
+    while len(history) > limit:
         history.popitem(last=False)
 
 
 def resident_prefix(keys: list[bytes], resident: Container[bytes]) -> int:
     """How many of a request's leading keys are in ``resident``."""
-    n = 0
-    while n < len(keys) and keys[n] in resident:
-        n += 1
-    return n
+    for n, key in enumerate(keys):
+        if key not in resident:
+            return n
+    return len(keys)
 
 
 class ReuseByShape:
@@ -377,6 +378,7 @@ class MultiQueuePolicy(EvictionPolicy):
     """
 
     _CLASSES = 4
+    _TOP_USES = 1 << (_CLASSES - 1)  # uses from which a block is in the top class
     _ADAPT_EVERY = 256  # removals between offset updates; counts halve at each update
     _STEP = 1.2
     _MIN_OFFSET = 1 / 64  # in resident-block counts of insert time
@@ -460,15 +462,17 @@ class MultiQueuePolicy(EvictionPolicy):
         observed request's floor when that is more); ``entry`` is its row in ``_uses``,
         whose class is updated if it changed."""
         uses = max(uses, self._floor)
-        c = min(uses.bit_length() - 1, self._CLASSES - 1)
-        q = self._queues[c]
-        q[key] = self._clock
-        q.move_to_end(key)
+        c = uses.bit_length() - 1 if uses < self._TOP_USES else self._CLASSES - 1
         old = entry[2]
-        if c != old:
-            if old != _UNPLACED:
-                del self._queues[old][key]
-            self._uses[key] = (entry[0], entry[1], c, entry[3])
+        if c == old:
+            q = self._queues[c]
+            q[key] = self._clock
+            q.move_to_end(key)
+            return
+        if old != _UNPLACED:
+            del self._queues[old][key]
+        self._queues[c][key] = self._clock  # a new key goes in at the fresh end
+        self._uses[key] = (entry[0], entry[1], c, entry[3])
 
     def remove(self, key: bytes) -> None:
         entry = self._uses.pop(key, None)
@@ -774,13 +778,13 @@ class _Shadow:
         the store caches it: the hit blocks are touched (the get), room is made for the
         missing ones, which go in shallow first, and every block is touched deepest first
         (the put: an ancestor ends up more recent than its descendants)."""
-        metas, policy = self._metas, self._policy
+        metas, policy, touch = self._metas, self._policy, self._policy.touch
         policy.observe(keys)
         hit = resident_prefix(keys, metas)
         for key in reversed(keys[:hit]):  # the get's touches
             meta = metas[key]
             meta.hits += 1
-            policy.touch(key, meta)
+            touch(key, meta)
         new = [i for i in range(hit, len(keys)) if keys[i] not in metas][:capacity]
         if len(metas) + len(new) > capacity:
             self._evict(len(metas) + len(new) - capacity)
@@ -793,7 +797,7 @@ class _Shadow:
         for key in reversed(keys):  # the put's touches
             meta = metas.get(key)
             if meta is not None:
-                policy.touch(key, meta)
+                touch(key, meta)
         self.hits += hit
         return hit
 
