@@ -519,10 +519,10 @@ class MultiQueuePolicy(EvictionPolicy):
     def _merged(self, offsets: list[float]) -> Iterator[bytes]:
         """The class queues merged by last touch plus ``offsets[class]`` (in inserts), and
         the cold queue ``COLD_OFFSET`` resident-counts older."""
-        ranked = [_by_priority(q, offsets[c]) for c, q in enumerate(self._queues) if q]
+        queues = [(q, offsets[c]) for c, q in enumerate(self._queues) if q]
         if self._cold:
-            ranked.append(_by_priority(self._cold, -self.COLD_OFFSET * len(self._uses)))
-        return (key for _, key in heapq.merge(*ranked))
+            queues.append((self._cold, -self.COLD_OFFSET * len(self._uses)))
+        return _merge_by_priority(queues)
 
     def __len__(self) -> int:
         return len(self._uses)
@@ -866,8 +866,24 @@ def _pending_reuse_of(entry: int) -> tuple[int, int]:
     return shape, extra + 1
 
 
-def _by_priority(queue: OrderedDict[bytes, int], offset: float) -> Iterator[tuple[float, bytes]]:
-    return ((clock + offset, key) for key, clock in queue.items())
+def _merge_by_priority(queues: list[tuple[OrderedDict[bytes, int], float]]) -> Iterator[bytes]:
+    """The keys of ``(queue, offset)`` pairs, each queue ordered by its clock values,
+    merged by clock plus offset (ties by key): ``heapq.merge`` without a tuple per key."""
+    heads = []  # [priority, key, the rest of its queue, offset]; keys are unique, so ties end at the key
+    for queue, offset in queues:
+        items = iter(queue.items())
+        key, clock = next(items)
+        heads.append([clock + offset, key, items, offset])
+    heapq.heapify(heads)
+    while heads:
+        head = heads[0]
+        yield head[1]
+        following = next(head[2], None)
+        if following is None:
+            heapq.heappop(heads)
+        else:
+            head[1], head[0] = following[0], following[1] + head[3]
+            heapq.heapreplace(heads, head)
 
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
