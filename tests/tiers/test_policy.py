@@ -237,7 +237,7 @@ def test_adaptive_shadows_count_the_hit_prefix_of_each_request():
     # request is replayed in the shadows when the next is observed: the empty one last.
     assert serve(adaptive, [[b"r", b"a", b"b"], [b"x"], [b"r", b"a", b"b"], []], 3) == 2
     # r and a, as the cache counts them
-    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2, "bimodal": 2, "hot": 2}
+    assert adaptive.shadow_hits == {0.0: 2, 2.0: 2, "bimodal": 2, "hot": 2, "selective": 2}
 
 
 def test_adaptive_ignores_unknown_keys_and_orders_by_the_followed_cap():
@@ -347,6 +347,35 @@ def test_adaptive_races_the_hot_order_and_keeps_shared_prompts_when_sessions_thr
     blocks = request_blocks(requests, 1)
     rates = {p: replay(blocks, tiers, p)["hit_rate"] for p in ("lru", "adaptive-without-hot", "adaptive")}
     assert rates["adaptive"] > rates["adaptive-without-hot"] + 0.01 > rates["lru"] + 0.01
+
+
+def returns_among_maybes(rounds: int) -> list[list[bytes]]:
+    """Each round: a new one-block request, which comes back 6 rounds later, and a new
+    4-block request, which comes back 2 rounds later one time in four. The 4-block shape
+    is reused at a quarter of the rate of the average block: not cold to the
+    multi-queue's admission (below half the average), cold to the selective one."""
+    out = []
+    for r in range(rounds):
+        out.append([b"one-%d" % r])
+        if r >= 6:
+            out.append([b"one-%d" % (r - 6)])
+        out.append([b"maybe-%d-%d" % (r, i) for i in range(4)])
+        if r >= 2 and r % 4 == 0:
+            out.append([b"maybe-%d-%d" % (r - 2, i) for i in range(4)])
+    return out
+
+
+def test_adaptive_races_selective_admission_and_follows_it_where_it_leads():
+    requests = returns_among_maybes(1000)
+    adaptive, without = AdaptivePolicy(), AdaptivePolicy(selective=None)
+    hits = {name: serve(policy, requests, 32)
+            for name, policy in (("lru", LRUPolicy()), ("without", without), ("adaptive", adaptive))}
+    # 996 blocks of 4-block returns, about as many one-block returns: LRU and the
+    # multi-queue orders keep the 4-block requests and lose every one-block return
+    assert hits["lru"] < 1000 and hits["without"] <= hits["lru"] + 10
+    assert adaptive.following == AdaptivePolicy.SELECTIVE
+    assert adaptive.shadow_hits[AdaptivePolicy.SELECTIVE] > 1.3 * adaptive.shadow_hits[2.0]
+    assert hits["adaptive"] > 1.5 * hits["without"]
 
 
 def conversations(turns: list[int]) -> list[list[bytes]]:
