@@ -295,20 +295,23 @@ def test_reuse_by_shape_calls_a_shape_cold_once_it_has_learned_it_seldom_comes_b
     assert not model.cold(burst)
 
 
-def bursts_and_returns(rounds: int) -> list[list[bytes]]:
-    """Each round: a new one-block request, the one from 8 rounds back again, and an
-    8-block request never seen again. 72 blocks go in between a block's two uses."""
+def returns_among_wide(rounds: int, back: int, width: int, every: int = 0) -> list[list[bytes]]:
+    """Each round: a new one-block request, which comes back ``back`` rounds later, and a
+    new ``width``-block request, which comes back 2 rounds later one round in ``every``
+    (never, for 0)."""
     out = []
     for r in range(rounds):
         out.append([b"one-%d" % r])
-        if r >= 8:
-            out.append([b"one-%d" % (r - 8)])
-        out.append([b"burst-%d-%d" % (r, i) for i in range(8)])
+        if r >= back:
+            out.append([b"one-%d" % (r - back)])
+        out.append([b"wide-%d-%d" % (r, i) for i in range(width)])
+        if every and r >= 2 and r % every == 0:
+            out.append([b"wide-%d-%d" % (r - 2, i) for i in range(width)])
     return out
 
 
 def test_multiqueue_admission_sends_blocks_of_cold_shapes_first():
-    requests = bursts_and_returns(400)
+    requests = returns_among_wide(400, 8, 8)  # 72 blocks go in between a block's two uses
     lru = serve(LRUPolicy(), requests, 64)
     plain = serve(MultiQueuePolicy(history=4), requests, 64)
     admitting = MultiQueuePolicy(history=4, admission=ReuseByShape())
@@ -317,7 +320,7 @@ def test_multiqueue_admission_sends_blocks_of_cold_shapes_first():
     assert learned >= 280  # of 392: each one once 1,000 blocks are counted (112 rounds in)
     order = list(admitting.candidates())
     assert {b"one-%d" % r for r in range(392, 400)} <= set(order)  # all 8 awaiting their return
-    assert order[0].startswith(b"burst")
+    assert order[0].startswith(b"wide")
 
 
 def test_hot_protects_only_blocks_used_eight_times_or_more():
@@ -349,24 +352,11 @@ def test_adaptive_races_the_hot_order_and_keeps_shared_prompts_when_sessions_thr
     assert rates["adaptive"] > rates["adaptive-without-hot"] + 0.01 > rates["lru"] + 0.01
 
 
-def returns_among_maybes(rounds: int) -> list[list[bytes]]:
-    """Each round: a new one-block request, which comes back 6 rounds later, and a new
-    4-block request, which comes back 2 rounds later one time in four. The 4-block shape
-    is reused at a quarter of the rate of the average block: not cold to the
-    multi-queue's admission (below half the average), cold to the selective one."""
-    out = []
-    for r in range(rounds):
-        out.append([b"one-%d" % r])
-        if r >= 6:
-            out.append([b"one-%d" % (r - 6)])
-        out.append([b"maybe-%d-%d" % (r, i) for i in range(4)])
-        if r >= 2 and r % 4 == 0:
-            out.append([b"maybe-%d-%d" % (r - 2, i) for i in range(4)])
-    return out
-
-
 def test_adaptive_races_selective_admission_and_follows_it_where_it_leads():
-    requests = returns_among_maybes(1000)
+    # The 4-block requests come back one time in four, less often than the average block
+    # (0.4) but more than half as often: not cold to the multi-queue's admission, cold to
+    # the selective one, which wants twice the average.
+    requests = returns_among_wide(1000, 6, 4, every=4)
     adaptive, without = AdaptivePolicy(), AdaptivePolicy(selective=None)
     hits = {name: serve(policy, requests, 32)
             for name, policy in (("lru", LRUPolicy()), ("without", without), ("adaptive", adaptive))}
