@@ -386,13 +386,15 @@ class MultiQueuePolicy(EvictionPolicy):
     COLD_OFFSET = 1.0  # how much older than its insert time a cold block ranks, likewise
 
     def __init__(self, history: int = 1, max_offset: float = 2.0,
-                 admission: ReuseByShape | None = None, depth: ConversationDepth | None = None) -> None:
+                 admission: ReuseByShape | None = None, depth: ConversationDepth | None = None,
+                 cold_offset: float = COLD_OFFSET) -> None:
         """``history``: evicted keys remembered, per resident key. ``max_offset``: the
         most extra time per class, in resident-block counts of insert time.
         ``admission``: when given, a new block whose request's shape it calls cold goes
-        in the cold queue, ``COLD_OFFSET`` resident-counts older than its insert time,
+        in the cold queue, ``cold_offset`` resident-counts older than its insert time,
         until its first hit (needs ``observe``). ``depth``: when given, the blocks placed
         after each ``observe`` count at least the request's ``depth.floor`` uses."""
+        self._cold_offset = cold_offset
         self._queues: list[OrderedDict[bytes, int]] = [OrderedDict() for _ in range(self._CLASSES)]
         self._cold: OrderedDict[bytes, int] = OrderedDict()
         # key -> (earlier uses, hits at insert, class, shape of its request until first reused or -1)
@@ -508,23 +510,25 @@ class MultiQueuePolicy(EvictionPolicy):
     def candidates(self) -> Iterator[bytes]:
         return self.order(self._max_offset)
 
-    def order(self, offset_cap: float) -> Iterator[bytes]:
+    def order(self, offset_cap: float, cold_offset: float | None = None) -> Iterator[bytes]:
         """The candidates as if the offset were at most ``offset_cap`` (0: by recency
-        alone, to the resolution of the insert clock)."""
+        alone, to the resolution of the insert clock), and cold blocks ``cold_offset``
+        resident-counts older (when given, else this policy's own)."""
         step = min(self._offset, offset_cap) * len(self._uses)
-        return self._merged([c * step for c in range(self._CLASSES)])
+        return self._merged([c * step for c in range(self._CLASSES)], cold_offset)
 
     def hot_order(self, offset: float) -> Iterator[bytes]:
         """The candidates by recency alone, except that blocks of the top use class (8 or
         more uses) rank ``offset`` resident-counts fresher; cold blocks still go first."""
         return self._merged([0] * (self._CLASSES - 1) + [offset * len(self._uses)])
 
-    def _merged(self, offsets: list[float]) -> Iterator[bytes]:
+    def _merged(self, offsets: list[float], cold_offset: float | None = None) -> Iterator[bytes]:
         """The class queues merged by last touch plus ``offsets[class]`` (in inserts), and
-        the cold queue ``COLD_OFFSET`` resident-counts older."""
+        the cold queue ``cold_offset`` (or this policy's own) resident-counts older."""
         queues = [(q, offsets[c]) for c, q in enumerate(self._queues) if q]
         if self._cold:
-            queues.append((self._cold, -self.COLD_OFFSET * len(self._uses)))
+            cold = self._cold_offset if cold_offset is None else cold_offset
+            queues.append((self._cold, -cold * len(self._uses)))
         return _merge_by_priority(queues)
 
     def __len__(self) -> int:
@@ -604,15 +608,19 @@ class AdaptivePolicy(EvictionPolicy):
       its shadow would change which requests count toward their windows, and with them
       the choice among the others (0.3 points below LRU on ``chat-memoryless`` at 10%).
     - The selective order (with ``selective``, a ratio) is raced the same way, with a
-      lead of ``selective_lead`` (10%): the multi-queue order at the largest cap, but
-      while it is followed, the real multi-queue's admission calls a shape cold unless its
-      blocks come back ``selective`` (2) times as often as the average block, rather than
-      half as often. Where most blocks are used once and the tier is small, refusing
-      more pays: on the Mooncake trace at 1% and 2% of distinct blocks, where its shadow
-      leads by 12% and 14% (+2.29 and +4.45 points over LRU, against +1.95 and +3.06 without
-      it). At 10% it leads only in stretches and following it there cost 0.3 points
-      with the hot order's 3% lead; on the synthetic workloads it never leads by 10%.
-      Blocks keep the admission they were inserted under when the order changes.
+      lead of ``selective_lead`` (10%): the multi-queue order at the largest cap with
+      cold blocks ``SELECTIVE_COLD_OFFSET`` (4) resident-counts older rather than one,
+      and while it is followed, the real multi-queue's admission calls a shape cold
+      unless its blocks come back ``selective`` (2) times as often as the average block,
+      rather than half as often. Where most blocks are used once and the tier is small,
+      refusing more, and harder, pays: on the Mooncake trace at 1% and 2% of distinct
+      blocks +3.78 and +6.53 points over LRU, against +1.95 and +3.06 without it. There
+      its shadow leads by far; at 10% it leads only in stretches, and following it there
+      cost 0.3 points with the hot order's 3% lead. On the synthetic workloads it never
+      leads by 10%. Blocks keep the admission they were inserted under when the order
+      changes. Its settings were chosen on the Mooncake trace, the one workload where it
+      is followed: a multi-queue alone with them gains 3.8 and 6.8 points at 1% and 2%
+      and loses 3.4 and 5.8 at 10% and 20%.
     - This is set dueling (Qureshi et al. 2007) with full shadows rather than sampled
       sets: a block is worth nothing once its prefix is gone, so per-key samples misjudge
       prefix hits.
@@ -641,6 +649,7 @@ class AdaptivePolicy(EvictionPolicy):
     HOT = "hot"  # likewise for the hot order
     SELECTIVE = "selective"  # likewise for the multi-queue order with selective admission
     SELECTIVE_RATIO = 2.0  # its admission: cold unless a shape is reused twice as often as the average
+    SELECTIVE_COLD_OFFSET = 4.0  # and how much older than its insert time a cold block ranks
     REPLAY_COST = 7  # about, against one policy structure: its own three and six shadow caches
     HISTORY = 16
     SHADOW_HISTORY = 4
@@ -678,8 +687,9 @@ class AdaptivePolicy(EvictionPolicy):
         self._hot = _Challenger(HotPolicy(shadow_history, admission=ReuseByShape()), decay, long_decay,
                                 hot_lead) if hot else None
         self._selective_race = _Challenger(MultiQueuePolicy(
-            shadow_history, self._selective_cap, admission=ReuseByShape(selective), depth=conversations),
-            decay, long_decay, selective_lead) if selective is not None else None
+            shadow_history, self._selective_cap, admission=ReuseByShape(selective), depth=conversations,
+            cold_offset=self.SELECTIVE_COLD_OFFSET), decay, long_decay, selective_lead) \
+            if selective is not None else None
         self._most_resident = 0
         self._pending: list[bytes] = []
         self.switches = 0
@@ -759,7 +769,7 @@ class AdaptivePolicy(EvictionPolicy):
         if order == self.BIMODAL:
             return self._bimodal.candidates()
         if order == self.SELECTIVE:
-            return self._mq.order(self._selective_cap)
+            return self._mq.order(self._selective_cap, self.SELECTIVE_COLD_OFFSET)
         return self._lru.candidates() if order == 0 else self._mq.order(order)
 
     def __len__(self) -> int:
