@@ -577,8 +577,15 @@ class AdaptivePolicy(EvictionPolicy):
     blocks squeeze out the newest blocks of running agents. The right amount is whatever
     hits most, so this policy measures that directly.
 
-    - One multi-queue structure over the resident keys, with a history 16 times as long
-      as ``mq``'s (a block evicted between a conversation's turns keeps its use class),
+    - One multi-queue structure over the resident keys, with a history 8 times as long
+      as ``mq``'s (a block evicted between a conversation's turns keeps its use class;
+      ``history``). It was 16 until the selective order: a block that comes back after
+      the shadows' 4 keys per resident key have forgotten it, but within 16, is new to
+      the selective shadow (and refused) and known to the real multi-queue (and kept), so
+      the real cache lagged its shadow by a point on the Mooncake trace at 1-2%. With 8,
+      Mooncake gains 0.77 and 0.49 points at 1% and 2% and system prompts 0.49 at 2%;
+      RAG loses 0.25 at 2% (0.35 with seed 1), the mix 0.02 (0.13); with 4, RAG and the
+      mix lose more (0.68, 0.18).
       an exact LRU order and a ``BimodalPolicy`` order beside it. Eviction follows one of
       the orders: the multi-queue order with its offset capped at one of ``caps``
       resident-counts (0 is plain LRU), or (with ``bimodal``) the bimodal order, which
@@ -587,9 +594,9 @@ class AdaptivePolicy(EvictionPolicy):
       it was followed seldom, and without it no workload moves more than 0.16 points.
     - One shadow cache per order: metadata-only, as large as the most keys ever resident
       here, evicting leaves first as the store does. A shadow's multi-queue remembers
-      ``shadow_history`` (4) evicted keys per resident key rather than 16: the shadows
-      only rank the orders, and with 16 they held most of the policy's memory and chose
-      no better (on the Mooncake trace at 2-10% they chose slightly worse). Each sees
+      ``shadow_history`` (4) evicted keys per resident key: the shadows only rank the
+      orders, and with 16 (when the real one kept 16) they held most of the policy's
+      memory and chose no better (on the Mooncake trace at 2-10% they chose slightly worse). Each sees
       every request the store is asked about (``observe``, from ``TieredStore.lookup``: a
       request's keys from depth 0) and counts its prefix hits as the store does. Scores
       are the hit blocks of each shadow, decayed by ``decay`` per request on which the
@@ -636,7 +643,7 @@ class AdaptivePolicy(EvictionPolicy):
     Cost per operation: O(1) for the LRU and bimodal orders, O(log classes) per
     candidate for the multi-queue, hot and selective orders; per request, one replay in
     each shadow and one parent search for the conversation depth. Memory: the resident
-    keys held by one shadow per order and the real structures, plus the histories (16 keys per
+    keys held by one shadow per order and the real structures, plus the histories (8 keys per
     resident key for the real multi-queue, 4 for each multi-queue, hot and selective shadow, 1 for
     each bimodal order) and 4 request ends per resident key. Requests the store is not
     asked about (a ``get`` or ``put`` with no ``lookup`` first) still update the
@@ -651,7 +658,7 @@ class AdaptivePolicy(EvictionPolicy):
     SELECTIVE_RATIO = 2.0  # its admission: cold unless a shape is reused twice as often as the average
     SELECTIVE_COLD_OFFSET = 4.0  # and how much older than its insert time a cold block ranks
     REPLAY_COST = 7  # about, against one policy structure: its own three and six shadow caches
-    HISTORY = 16
+    HISTORY = 8
     SHADOW_HISTORY = 4
 
     def __init__(self, caps: tuple[float, ...] = CAPS, history: int = HISTORY,
