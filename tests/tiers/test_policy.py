@@ -353,13 +353,14 @@ def test_adaptive_races_the_hot_order_and_keeps_shared_prompts_when_sessions_thr
     assert rates["adaptive"] > rates["adaptive-without-hot"] + 0.01 > rates["lru"] + 0.01
 
 
-def test_adaptive_races_selective_admission_and_follows_it_where_it_leads():
+@pytest.mark.parametrize("capacity", [16, 24])
+def test_adaptive_races_selective_admission_and_follows_it_where_it_leads(capacity):
     # The 4-block requests come back one time in four, 20 rounds later (100 blocks on):
     # less often than the average block (0.4) but more than half as often, so the
     # multi-queue's admission keeps them and the selective one (twice the average) does not.
     requests = returns_among_wide(1000, 6, 4, every=4, wide_back=20)
     adaptive, without = AdaptivePolicy(), AdaptivePolicy(selective=None)
-    hits = {name: serve(policy, requests, 24)
+    hits = {name: serve(policy, requests, capacity)
             for name, policy in (("lru", LRUPolicy()), ("without", without), ("adaptive", adaptive))}
     # 30 blocks go in between a one-block request's two uses: LRU and the multi-queue
     # orders lose every one, the bimodal order keeps a quarter; selective admission
@@ -367,7 +368,9 @@ def test_adaptive_races_selective_admission_and_follows_it_where_it_leads():
     assert hits["lru"] == 0 and hits["without"] < 300
     assert adaptive.following == AdaptivePolicy.SELECTIVE
     assert adaptive.shadow_hits[AdaptivePolicy.SELECTIVE] > 5 * adaptive.shadow_hits[2.0]
-    assert hits["adaptive"] > 500
+    # the real cache matches its shadow (at 16 it did not while the real multi-queue
+    # remembered 16 evicted keys per resident key: 32 hits)
+    assert hits["adaptive"] > 0.95 * adaptive.shadow_hits[AdaptivePolicy.SELECTIVE] > 500
 
 
 def conversations(turns: list[int]) -> list[list[bytes]]:
