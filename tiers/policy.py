@@ -578,20 +578,20 @@ class AdaptivePolicy(EvictionPolicy):
     hits most, so this policy measures that directly.
 
     - One multi-queue structure over the resident keys, with a history 8 times as long
-      as ``mq``'s (a block evicted between a conversation's turns keeps its use class;
-      ``history``). It was 16 until the selective order: a block that comes back after
-      the shadows' 4 keys per resident key have forgotten it, but within 16, is new to
-      the selective shadow (and refused) and known to the real multi-queue (and kept), so
-      the real cache lagged its shadow by a point on the Mooncake trace at 1-2%. With 8,
-      Mooncake gains 0.77 and 0.49 points at 1% and 2% and system prompts 0.49 at 2%;
-      RAG loses 0.25 at 2% (0.35 with seed 1), the mix 0.02 (0.13); with 4, RAG and the
-      mix lose more (0.68, 0.18).
+      as ``mq``'s (a block evicted between a conversation's turns keeps its use class),
       an exact LRU order and a ``BimodalPolicy`` order beside it. Eviction follows one of
       the orders: the multi-queue order with its offset capped at one of ``caps``
       resident-counts (0 is plain LRU), or (with ``bimodal``) the bimodal order, which
       keeps a stable set of chains when the running ones do not fit (agent loops at 2%).
       A cap of 1/4 was an order too until the selective order took its shadow's cost:
       it was followed seldom, and without it no workload moves more than 0.16 points.
+    - The real history (``history``) was 16 until the selective order: a block that comes
+      back after the shadows' 4 keys per resident key have forgotten it, but within 16,
+      is new to the selective shadow (and refused) and known to the real multi-queue (and
+      kept), so the real cache lagged its shadow by a point on the Mooncake trace at
+      1-2%. With 8, Mooncake gains 0.77 and 0.49 points at 1% and 2% and system prompts
+      0.49 at 2%; RAG loses 0.25 at 2% (0.35 with seed 1), the mix 0.02 (0.13); with 4,
+      RAG and the mix lose more (0.68, 0.18).
     - One shadow cache per order: metadata-only, as large as the most keys ever resident
       here, evicting leaves first as the store does. A shadow's multi-queue remembers
       ``shadow_history`` (4) evicted keys per resident key: the shadows only rank the
@@ -621,7 +621,7 @@ class AdaptivePolicy(EvictionPolicy):
       unless its blocks come back ``selective`` (2) times as often as the average block,
       rather than half as often. Where most blocks are used once and the tier is small,
       refusing more, and harder, pays: on the Mooncake trace at 1% and 2% of distinct
-      blocks +3.78 and +6.53 points over LRU, against +1.95 and +3.06 without it. There
+      blocks +4.55 and +7.02 points over LRU, against +1.95 and +3.06 without it. There
       its shadow leads by far; at 10% it leads only in stretches, and following it there
       cost 0.3 points with the hot order's 3% lead. On the synthetic workloads it never
       leads by 10%. Blocks keep the admission they were inserted under when the order
@@ -690,13 +690,16 @@ class AdaptivePolicy(EvictionPolicy):
         self._long_scores = [0.0] * len(self._orders)  # the same hits over about 500 requests
         self._decay, self._hysteresis, self._long_decay = decay, hysteresis, long_decay
         self._following = len(caps) - 1
-        # raced apart from the others, so that its shadow leaves their scores as they are
-        self._hot = _Challenger(HotPolicy(shadow_history, admission=ReuseByShape()), decay, long_decay,
-                                hot_lead) if hot else None
-        self._selective_race = _Challenger(MultiQueuePolicy(
-            shadow_history, self._selective_cap, admission=ReuseByShape(selective), depth=conversations,
-            cold_offset=self.SELECTIVE_COLD_OFFSET), decay, long_decay, selective_lead) \
-            if selective is not None else None
+        # raced apart from the others, so that their shadows leave the others' scores as they
+        # are; the first that leads is followed
+        self._challengers: list[tuple[str, _Challenger]] = []
+        if hot:
+            self._challengers.append((self.HOT, _Challenger(
+                HotPolicy(shadow_history, admission=ReuseByShape()), decay, long_decay, hot_lead)))
+        if selective is not None:
+            self._challengers.append((self.SELECTIVE, _Challenger(MultiQueuePolicy(
+                shadow_history, self._selective_cap, admission=ReuseByShape(selective), depth=conversations,
+                cold_offset=self.SELECTIVE_COLD_OFFSET), decay, long_decay, selective_lead)))
         self._most_resident = 0
         self._pending: list[bytes] = []
         self.switches = 0
@@ -705,19 +708,15 @@ class AdaptivePolicy(EvictionPolicy):
     def following(self) -> float | str:
         """The order evictions follow now: an offset cap (0.0: LRU), ``BIMODAL``, ``HOT`` or
         ``SELECTIVE``."""
-        if self._hot is not None and self._hot.leads:
-            return self.HOT
-        if self._selective_race is not None and self._selective_race.leads:
-            return self.SELECTIVE
+        for name, challenger in self._challengers:
+            if challenger.leads:
+                return name
         return self._orders[self._following]
 
     @property
     def shadow_hits(self) -> dict[float | str, int]:
         hits = {order: s.hits for order, s in zip(self._orders, self._shadows, strict=True)}
-        if self._hot is not None:
-            hits[self.HOT] = self._hot.shadow.hits
-        if self._selective_race is not None:
-            hits[self.SELECTIVE] = self._selective_race.shadow.hits
+        hits.update((name, challenger.shadow.hits) for name, challenger in self._challengers)
         return hits
 
     def insert(self, key: bytes, meta: Any) -> None:
@@ -742,9 +741,8 @@ class AdaptivePolicy(EvictionPolicy):
         if not previous or not self._most_resident:
             return
         hits = [s.request(previous, self._most_resident) for s in self._shadows]
-        for challenger in (self._hot, self._selective_race):
-            if challenger is not None:
-                challenger.race(previous, self._most_resident, hits[self._following])
+        for _, challenger in self._challengers:
+            challenger.race(previous, self._most_resident, hits[self._following])
         if min(hits) != max(hits):
             self._choose(hits)
         # the real multi-queue admits the blocks of this request's put as the followed order does
