@@ -20,9 +20,9 @@ from hashing.keys import BlockHasher, Namespace
 
 def load_tokenizer(path: str | None = None) -> Any:
     """The engine's tokenizer: the default model's, a GGUF file's, or a HF folder's."""
-    from engine.gguf_loader import open_gguf, read_metadata
-    from engine.loader import default_model_path
-    from engine.tokenizer import Tokenizer
+    from engine.model.gguf_loader import open_gguf, read_metadata
+    from engine.model.loader import default_model_path
+    from engine.model.tokenizer import Tokenizer
 
     if path and Path(path).is_dir():
         tok = Tokenizer.from_hf_folder(Path(path))

@@ -91,7 +91,7 @@ class Ours:
 
     def __init__(self, checkpoint: Any, dtype: str):
         from engine.config import EngineConfig
-        from engine.llm_engine import LLMEngine
+        from engine.runtime.llm_engine import LLMEngine
 
         config = EngineConfig(dtype=dtype, kv_cache_gb=1.0, max_num_batched_tokens=4096)
         self.engine = LLMEngine(config, checkpoint)
@@ -101,7 +101,7 @@ class Ours:
 
     def _first_token_time(self, prompt: list[int], salt: str) -> float:
         """Seconds from ``add_request`` until the request's first token."""
-        from engine.sampling_params import SamplingParams
+        from engine.runtime.sampling_params import SamplingParams
 
         engine = self.engine
         start = time.perf_counter()
@@ -115,7 +115,7 @@ class Ours:
 
     def decode_tps(self, batch: int) -> float:
         """Decode tokens/s of ``batch`` sequences, their prefill excluded."""
-        from engine.sampling_params import SamplingParams
+        from engine.runtime.sampling_params import SamplingParams
 
         engine, run = self.engine, next(self._runs)
         params = SamplingParams(temperature=0, max_tokens=DECODE_TOKENS, ignore_eos=True)
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from engine.dtype import dtype_name, resolve_dtype
-    from engine.loader import load_checkpoint, resolve_model_path
+    from engine.model.loader import load_checkpoint, resolve_model_path
 
     torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)

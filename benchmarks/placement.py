@@ -5,7 +5,7 @@ hears ``release(replica)`` when that request completes. ``loads`` is the fleet's
 count per replica, read-only: the fleet owns it. The two hashing policies use the
 product's own ``HashRing``, so the benchmark measures the router's code: plain consistent
 hashing is ``ring.owner``; bounded loads is ``ring.acquire`` / ``ring.release`` with
-in-flight requests as the load, exactly as ``engine.router.Router`` calls them.
+in-flight requests as the load, exactly as ``engine.router.proxy.Router`` calls them.
 """
 
 from __future__ import annotations

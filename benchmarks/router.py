@@ -7,7 +7,7 @@ cost model) under round robin, least-loaded, plain consistent hashing and consis
 hashing with bounded loads (the product's ``HashRing``). It prints a table, checks the
 targets, and writes JSON and a plot.
 
-The router's key is the conversation's stable prefix, as ``engine.routing`` takes it:
+The router's key is the conversation's stable prefix, as ``engine.router.routing`` takes it:
 the id of the first block after the shared system prompt. In the Mooncake trace block 0
 is one system prompt shared by every request, so the literal first block id would send
 the whole trace to one replica under plain hashing (``--key first-block`` shows it); the

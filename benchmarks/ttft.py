@@ -53,8 +53,8 @@ class Bench:
 
     def engine(self, cache: bool = True, service: bool = True):
         from engine.config import EngineConfig
-        from engine.connector import CacheConnector, ConnectorConfig
-        from engine.llm_engine import LLMEngine
+        from engine.runtime.connector import CacheConnector, ConnectorConfig
+        from engine.runtime.llm_engine import LLMEngine
 
         connector = CacheConnector(ConnectorConfig(self.service.data_url, fetch_timeout_s=30)) \
             if cache and service else None
@@ -69,7 +69,7 @@ class Bench:
 
 
 def ttft(engine, prompt: list[int]) -> float:
-    from engine.sampling_params import SamplingParams
+    from engine.runtime.sampling_params import SamplingParams
 
     start = time.perf_counter()
     request = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=1))
@@ -80,7 +80,7 @@ def ttft(engine, prompt: list[int]) -> float:
 
 
 def generate(engine, prompt: list[int], n: int) -> list[int]:
-    from engine.sampling_params import SamplingParams
+    from engine.runtime.sampling_params import SamplingParams
 
     out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))[0]
     return out.token_ids
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cacheserver.process import ServiceProcess
     from engine.dtype import resolve_dtype
-    from engine.loader import load_checkpoint, resolve_model_path
+    from engine.model.loader import load_checkpoint, resolve_model_path
 
     torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype, "cpu")

@@ -20,9 +20,9 @@ COMMANDS = {
     "generate": "engine.cli",
     "serve": "cacheserver.cli",
     "admin": "clients.admin_cli",
-    "engine": "engine.server_cli",
-    "router": "engine.router_cli",
-    "up": "engine.up_cli",
+    "engine": "engine.server.cli",
+    "router": "engine.router.cli",
+    "up": "engine.stack.cli",
     "chat": "clients.chat_cli",
 }
 

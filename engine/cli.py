@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
+    from engine.runtime.llm_engine import LLMEngine
+    from engine.runtime.sampling_params import SamplingParams
 
     if args.threads:
         torch.set_num_threads(args.threads)

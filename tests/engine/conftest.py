@@ -13,7 +13,7 @@ def _two_threads():
 
 @pytest.fixture(scope="session")
 def smollm_path():
-    from engine.loader import default_model_path
+    from engine.model.loader import default_model_path
 
     return default_model_path()
 
@@ -21,7 +21,7 @@ def smollm_path():
 @pytest.fixture(scope="session")
 def smollm_checkpoint(smollm_path):
     """SmolLM2's weights in float32, loaded once for every test that needs them."""
-    from engine.loader import load_checkpoint
+    from engine.model.loader import load_checkpoint
 
     return load_checkpoint(str(smollm_path), torch.float32)
 
@@ -30,7 +30,7 @@ def smollm_checkpoint(smollm_path):
 def smollm_engines(smollm_checkpoint):
     """dtype -> an engine on SmolLM2, built lazily, shared by the session."""
     from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
+    from engine.runtime.llm_engine import LLMEngine
 
     engines = {}
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine.block_manager import BlockManager
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from engine.runtime.block_manager import BlockManager
+from engine.runtime.sampling_params import SamplingParams
+from engine.runtime.sequence import Sequence
 from hashing.keys import BlockHasher, Namespace
 
 BS = 4

@@ -11,9 +11,9 @@ import pytest
 from clients.cache_client import CacheClient
 from clients.sharded import ShardedCacheClient
 from engine.config import EngineConfig
-from engine.connector import CacheConnector, ConnectorConfig
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from engine.runtime.connector import CacheConnector, ConnectorConfig
+from engine.runtime.llm_engine import LLMEngine
+from engine.runtime.sampling_params import SamplingParams
 from tests.engine.tiny import tiny_checkpoint
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, logprobs=0)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cacheserver.process import free_port
-from engine.connector import CacheConnector, ConnectorConfig, SavedBlock
+from engine.runtime.connector import CacheConnector, ConnectorConfig, SavedBlock
 from hashing.keys import BlockHasher, Namespace
 
 HASHER = BlockHasher(Namespace("test-model", "f32/L1/H1/D4"), 4)

@@ -4,7 +4,7 @@ change nothing in the output; bad requests are refused and the rest keep running
 import pytest
 
 from engine.errors import InvalidRequestError
-from engine.sampling_params import SamplingParams
+from engine.runtime.sampling_params import SamplingParams
 from tests.engine.tiny import tiny_engine
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, logprobs=0)

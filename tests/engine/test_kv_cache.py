@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.kv_cache import KVCache, PageLayout
+from engine.model.kv_cache import KVCache, PageLayout
 
 
 def layout(dtype=torch.float32) -> PageLayout:

@@ -8,9 +8,9 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import EngineError, ModelNotFoundError, UnsupportedModelError
-from engine.gguf_loader import unpermute_rope_rows
-from engine.llm_engine import LLMEngine
-from engine.loader import load_checkpoint
+from engine.model.gguf_loader import unpermute_rope_rows
+from engine.model.loader import load_checkpoint
+from engine.runtime.llm_engine import LLMEngine
 from tests.engine.tiny import TINY, tiny_weights, write_hf_folder
 
 IDS = [3, 17, 42, 8, 8, 91, 0, 55, 23, 64, 12]

@@ -1,4 +1,4 @@
-from engine.routing import PROMPT_PREFIX_CHARS, routing_key
+from engine.router.routing import PROMPT_PREFIX_CHARS, routing_key
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 

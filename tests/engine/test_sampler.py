@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from engine.errors import InvalidRequestError
-from engine.sampler import filter_top_k, filter_top_p, sample
-from engine.sampling_params import SamplingParams
+from engine.runtime.sampler import filter_top_k, filter_top_p, sample
+from engine.runtime.sampling_params import SamplingParams
 
 LOGITS = torch.tensor([1.0, 3.0, 2.0, 0.0, -1.0])
 

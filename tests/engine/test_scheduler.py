@@ -1,9 +1,9 @@
 """Continuous batching: token budget, chunked prefill, admission, preemption."""
 
-from engine.block_manager import BlockManager
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence, SequenceStatus
+from engine.runtime.block_manager import BlockManager
+from engine.runtime.sampling_params import SamplingParams
+from engine.runtime.scheduler import Scheduler
+from engine.runtime.sequence import Sequence, SequenceStatus
 from hashing.keys import BlockHasher, Namespace
 
 BS = 4

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.sampling_params import SamplingParams
+from engine.runtime.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.slow
 

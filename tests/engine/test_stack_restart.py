@@ -4,7 +4,7 @@ what is checked is what was really started again, with which arguments, into whi
 
 from __future__ import annotations
 
-from engine.stack import Child, Stack, StackConfig, _launch
+from engine.stack.supervisor import Child, Stack, StackConfig, _launch
 
 QUICK = ["keys", "--tokens", "1,2,3,4", "--block-size", "2"]  # a kvtier command that exits at once
 

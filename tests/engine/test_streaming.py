@@ -1,4 +1,4 @@
-from engine.streaming import TextDeltas
+from engine.server.streaming import TextDeltas
 
 
 def test_deltas_concatenate_to_the_final_text():

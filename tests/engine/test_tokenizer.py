@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.tokenizer import Tokenizer, default_tokenizer_for_keys
+from engine.model.tokenizer import Tokenizer, default_tokenizer_for_keys
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import Checkpoint
 from engine.config import EngineConfig, ModelConfig
-from engine.llm_engine import LLMEngine
+from engine.model.checkpoint import Checkpoint
+from engine.runtime.llm_engine import LLMEngine
 
 TINY = ModelConfig(
     architecture="llama",

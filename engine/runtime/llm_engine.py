@@ -16,22 +16,22 @@ from dataclasses import replace
 
 import torch
 
-from engine.block_manager import BlockManager
-from engine.checkpoint import Checkpoint
 from engine.config import EngineConfig
-from engine.connector import CacheConnector, FetchResult, SavedBlock
 from engine.dtype import resolve_dtype
 from engine.errors import EngineError, InvalidRequestError
-from engine.kv_cache import KVCache, PageLayout
-from engine.loader import load_checkpoint
-from engine.model import LlamaModel
-from engine.model_runner import ModelRunner, prepare
-from engine.outputs import RequestOutput
-from engine.sampler import sample
-from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledChunk, Scheduler
-from engine.sequence import Sequence
-from engine.stopping import check_stop
+from engine.model.checkpoint import Checkpoint
+from engine.model.kv_cache import KVCache, PageLayout
+from engine.model.loader import load_checkpoint
+from engine.model.model import LlamaModel
+from engine.runtime.block_manager import BlockManager
+from engine.runtime.connector import CacheConnector, FetchResult, SavedBlock
+from engine.runtime.model_runner import ModelRunner, prepare
+from engine.runtime.outputs import RequestOutput
+from engine.runtime.sampler import sample
+from engine.runtime.sampling_params import SamplingParams
+from engine.runtime.scheduler import ScheduledChunk, Scheduler
+from engine.runtime.sequence import Sequence
+from engine.runtime.stopping import check_stop
 from hashing.keys import BlockHasher, Namespace
 
 log = logging.getLogger(__name__)

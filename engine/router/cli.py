@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from engine.router import Router, RouterConfig, create_app
+    from engine.router.proxy import Router, RouterConfig, create_app
 
     config = RouterConfig(tuple(u.rstrip("/") for u in args.replica), args.epsilon, args.vnodes,
                           args.health_interval)

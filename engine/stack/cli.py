@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.stack import Stack, StackConfig, run_until_signal
+    from engine.stack.supervisor import Stack, StackConfig, run_until_signal
 
     config = StackConfig(
         host=args.host, port=args.port, replicas=args.replicas, data_dir=args.data_dir, model=args.model,

@@ -17,9 +17,9 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from engine.llm_engine import LLMEngine, Prompt
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.runtime.llm_engine import LLMEngine, Prompt
+from engine.runtime.outputs import RequestOutput
+from engine.runtime.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 

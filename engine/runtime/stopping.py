@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.sequence import Sequence
-from engine.tokenizer import Tokenizer
+from engine.model.tokenizer import Tokenizer
+from engine.runtime.sequence import Sequence
 
 
 def find_stop_string(text: str, stops: tuple[str, ...]) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.sampling_params import SamplingParams
+from engine.runtime.sampling_params import SamplingParams
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

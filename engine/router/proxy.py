@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from engine.routing import routing_key
+from engine.router.routing import routing_key
 from hashing.ring import HashRing
 
 log = logging.getLogger(__name__)

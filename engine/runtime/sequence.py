@@ -6,7 +6,7 @@ import enum
 
 import torch
 
-from engine.sampling_params import SamplingParams
+from engine.runtime.sampling_params import SamplingParams
 from hashing.keys import BlockHasher
 
 

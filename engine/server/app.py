@@ -21,14 +21,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine import openai_api as api
-from engine.async_engine import AsyncEngine
 from engine.errors import InvalidRequestError
-from engine.llm_engine import Prompt
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
-from engine.server_metrics import ServerMetrics
-from engine.streaming import TextDeltas
+from engine.runtime.async_engine import AsyncEngine
+from engine.runtime.llm_engine import Prompt
+from engine.runtime.outputs import RequestOutput
+from engine.runtime.sampling_params import SamplingParams
+from engine.server import openai_api as api
+from engine.server.metrics import ServerMetrics
+from engine.server.streaming import TextDeltas
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.attention import AttentionMetadata, paged_attention
 from engine.config import ModelConfig
 from engine.errors import ModelNotFoundError
-from engine.kv_cache import KVCache
-from engine.rope import apply_rope, rope_table
+from engine.model.attention import AttentionMetadata, paged_attention
+from engine.model.kv_cache import KVCache
+from engine.model.rope import apply_rope, rope_table
 
 
 @dataclass(frozen=True)

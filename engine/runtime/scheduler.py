@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.block_manager import BlockManager
-from engine.sequence import Sequence, SequenceStatus
+from engine.runtime.block_manager import BlockManager
+from engine.runtime.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from engine.sequence import Sequence
+from engine.runtime.sequence import Sequence
 
 
 @dataclass

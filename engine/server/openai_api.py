@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import InvalidRequestError
-from engine.sampling_params import SamplingParams
+from engine.runtime.sampling_params import SamplingParams
 
 
 class StreamOptions(BaseModel):

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoint import Checkpoint, fingerprint_files
 from engine.config import ModelConfig, RopeScaling
 from engine.errors import ModelNotFoundError, UnsupportedModelError
+from engine.model.checkpoint import Checkpoint, fingerprint_files
 
 # GGUF general.architecture -> (engine architecture, whether Q/K rows are permuted)
 GGUF_ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
@@ -144,7 +144,7 @@ def dequantize(tensor: Any) -> torch.Tensor:
 
 def load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
     """Config, weights (in ``dtype``), tokenizer and fingerprint of a GGUF file."""
-    from engine.tokenizer import Tokenizer
+    from engine.model.tokenizer import Tokenizer
 
     reader = open_gguf(path)
     meta = read_metadata(reader)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.chat_template import ChatTemplateError, render_chat
 from engine.errors import UnsupportedModelError
+from engine.model.chat_template import ChatTemplateError, render_chat
 
 _CONTROL, _USER_DEFINED = 3, 4
 _LLAMA3_SPLIT = (
@@ -179,11 +179,11 @@ def default_tokenizer_for_keys(text: str, as_system_prompt: bool = False) -> tup
     without loading the weights: the tokenizer comes from the GGUF metadata and the KV
     layout from its hyperparameters and the ``auto`` dtype.
     """
-    from engine.checkpoint import fingerprint_files
     from engine.dtype import resolve_dtype
-    from engine.gguf_loader import gguf_architecture, model_config, open_gguf, read_metadata
-    from engine.kv_cache import kv_layout
-    from engine.loader import default_model_path
+    from engine.model.checkpoint import fingerprint_files
+    from engine.model.gguf_loader import gguf_architecture, model_config, open_gguf, read_metadata
+    from engine.model.kv_cache import kv_layout
+    from engine.model.loader import default_model_path
 
     path = default_model_path()
     meta = read_metadata(open_gguf(path))

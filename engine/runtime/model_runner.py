@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attention import AttentionMetadata, DecodeBatch, PrefillChunk
-from engine.kv_cache import KVCache
-from engine.model import LlamaModel
-from engine.scheduler import ScheduledChunk
+from engine.model.attention import AttentionMetadata, DecodeBatch, PrefillChunk
+from engine.model.kv_cache import KVCache
+from engine.model.model import LlamaModel
+from engine.runtime.scheduler import ScheduledChunk
 
 
 @dataclass(frozen=True)

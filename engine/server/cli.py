@@ -47,11 +47,11 @@ def model_name(path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from engine.async_engine import AsyncEngine
     from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
-    from engine.loader import resolve_model_path
-    from engine.server import ServerConfig, create_app
+    from engine.model.loader import resolve_model_path
+    from engine.runtime.async_engine import AsyncEngine
+    from engine.runtime.llm_engine import LLMEngine
+    from engine.server.app import ServerConfig, create_app
     from hashing.keys import read_secret
 
     path = resolve_model_path(args.model)
@@ -62,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
                           hash_secret=read_secret(args.hash_secret_file))
     connector = None
     if args.cache_url:
-        from engine.connector import CacheConnector, ConnectorConfig
+        from engine.runtime.connector import CacheConnector, ConnectorConfig
 
         connector = CacheConnector(ConnectorConfig(args.cache_url, fetch_timeout_s=args.cache_timeout))
     engine = LLMEngine(config, connector=connector)
     if args.pin_system_prompt:
-        from engine.pinning import pin_system_prompt
+        from engine.runtime.pinning import pin_system_prompt
 
         done = pin_system_prompt(engine, Path(args.pin_system_prompt).read_text(), args.pin_tier)
         print(f"kvtier engine: pinned the system prompt: {done}", flush=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 
 from engine.errors import InvalidRequestError
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from engine.runtime.llm_engine import LLMEngine
+from engine.runtime.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 

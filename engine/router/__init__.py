@@ -1,0 +1,1 @@
+"""The consistent-hashing router in front of engine replicas (``kvtier router``)."""

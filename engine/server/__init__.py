@@ -1,0 +1,1 @@
+"""The OpenAI-compatible chat server in front of one engine (``kvtier engine``)."""

@@ -1,0 +1,1 @@
+"""The whole stack under one supervisor: cache service, engines and router (``kvtier up``)."""
