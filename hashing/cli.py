@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     namespace = Namespace(args.model_id, args.kv_layout, args.adapter_id, args.salt)
     if args.text is not None or args.system_prompt is not None:
-        from engine.model.tokenizer import default_tokenizer_for_keys
+        from engine.model.loader import default_tokenizer_for_keys
 
         system = args.system_prompt is not None
         tokens, model_id, kv_layout = default_tokenizer_for_keys(args.system_prompt if system else args.text,

@@ -12,6 +12,7 @@ pairs are adjacent (``x[2i], x[2i+1]``); the engine uses the Hugging Face layout
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from engine.config import ModelConfig, RopeScaling
 from engine.errors import ModelNotFoundError, UnsupportedModelError
 from engine.model.checkpoint import Checkpoint, fingerprint_files
+from engine.model.tokenizer import Tokenizer
 
 # GGUF general.architecture -> (engine architecture, whether Q/K rows are permuted)
 GGUF_ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
@@ -144,8 +146,6 @@ def dequantize(tensor: Any) -> torch.Tensor:
 
 def load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
     """Config, weights (in ``dtype``), tokenizer and fingerprint of a GGUF file."""
-    from engine.model.tokenizer import Tokenizer
-
     reader = open_gguf(path)
     meta = read_metadata(reader)
     arch, permuted = gguf_architecture(meta, path)
@@ -169,6 +169,4 @@ def load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
 
 
 def _with_tied_embeddings(config: ModelConfig, tied: bool) -> ModelConfig:
-    from dataclasses import replace
-
     return replace(config, tie_word_embeddings=tied)

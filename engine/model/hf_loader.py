@@ -16,6 +16,7 @@ import torch
 from engine.config import ModelConfig, RopeScaling
 from engine.errors import ModelNotFoundError, UnsupportedModelError
 from engine.model.checkpoint import Checkpoint, fingerprint_files
+from engine.model.tokenizer import Tokenizer
 
 # Hugging Face ``model_type`` -> whether q/k/v projections always carry a bias
 HF_ARCHITECTURES = {"llama": False, "mistral": False, "qwen2": True}
@@ -73,8 +74,6 @@ def model_config(cfg: dict[str, Any]) -> ModelConfig:
 def load_hf_folder(path: Path, dtype: torch.dtype) -> Checkpoint:
     """Config, weights (in ``dtype``), tokenizer and fingerprint of a Hugging Face folder."""
     from safetensors.torch import load_file
-
-    from engine.model.tokenizer import Tokenizer
 
     config_path = path / "config.json"
     files = sorted(path.glob("*.safetensors"))

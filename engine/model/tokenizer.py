@@ -169,31 +169,3 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _token_text(token: Any) -> str | None:
     return token.get("content") if isinstance(token, dict) else token
-
-
-def default_tokenizer_for_keys(text: str, as_system_prompt: bool = False) -> tuple[list[int], str, str]:
-    """(token ids of ``text``, ``model_id``, ``kv_layout``) for the default model; with
-    ``as_system_prompt``, the tokens a chat opening with that system prompt starts with.
-
-    What ``kvtier keys --text`` needs to print the same block keys as a default engine,
-    without loading the weights: the tokenizer comes from the GGUF metadata and the KV
-    layout from its hyperparameters and the ``auto`` dtype.
-    """
-    from engine.dtype import resolve_dtype
-    from engine.model.checkpoint import fingerprint_files
-    from engine.model.gguf_loader import gguf_architecture, model_config, open_gguf, read_metadata
-    from engine.model.kv_cache import kv_layout
-    from engine.model.loader import default_model_path
-
-    path = default_model_path()
-    meta = read_metadata(open_gguf(path))
-    arch, _ = gguf_architecture(meta, path)
-    config = model_config(meta, arch, None)
-    tokenizer = Tokenizer.from_gguf_metadata(meta)
-    layout = kv_layout(resolve_dtype("auto"), config.num_layers, config.num_kv_heads, config.head_dim)
-    if as_system_prompt:
-        system = [{"role": "system", "content": text}]
-        tokens = tokenizer.apply_chat_template(system, add_generation_prompt=False)
-    else:
-        tokens = tokenizer.encode(text)
-    return tokens, fingerprint_files([path]), layout

@@ -2,7 +2,8 @@
 
 import pytest
 
-from engine.model.tokenizer import Tokenizer, default_tokenizer_for_keys
+from engine.model.loader import default_tokenizer_for_keys
+from engine.model.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.slow
 
