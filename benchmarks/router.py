@@ -31,9 +31,9 @@ from pathlib import Path
 
 DEFAULT_FLEETS = (8, 64)
 DEFAULT_WORKLOADS = ("mooncake", "tenant-chat")
-# A large-model GPU replica (the trace's kind), not the bundled CPU engine (about 1,000
-# prompt tokens/s): what sets the router's behaviour is how many requests a replica holds
-# in flight, and a batching GPU engine holds tens.
+# A large-model GPU replica (the trace's kind), not the bundled CPU engine: what sets the
+# router's behaviour is how many requests a replica holds in flight, and a batching GPU
+# engine holds tens.
 DEFAULT_PREFILL_TPS = 20_000.0
 DEFAULT_DECODE_TPS = 30.0
 CHAT_BLOCK_TOKENS = 256  # tenant-chat's blocks: a turn is 1-4 of them

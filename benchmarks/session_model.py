@@ -16,7 +16,7 @@ by it:
   ``k`` and ``S(t)`` the chance a think time is longer than ``t``.
 
 It is not a bound: a fitted model can be wrong (on ``chat-memoryless``, whose think times
-are exponential, the log-normal fit makes it lose to LRU at 5%), and another policy can
+are exponential, the log-normal fit is the wrong model), and another policy can
 do better. It shows how much knowing each conversation's turn count and the session
 model is worth, where no store policy knows either. Capacity in blocks, the replay's
 prefix semantics.

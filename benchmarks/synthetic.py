@@ -24,9 +24,8 @@ like the store's chained keys.
 - ``agent``: agent loops; a long tool-description prompt per agent type, then 5-40 steps a
   few seconds apart, each appending a tool result, so contexts grow long.
 - ``mix``: all four at once, each at a quarter of the rate, in one id space.
-- ``tenant-chat``: multi-tenant chat; ``chat-memoryless`` sessions (the router's
-  figures were measured on them), each under one of ``tenants``
-  tenants (Zipf popularity), every tenant with its own system prompt of
+- ``tenant-chat``: multi-tenant chat; ``chat-memoryless`` sessions, each under one of
+  ``tenants`` tenants (Zipf popularity), every tenant with its own system prompt of
   ``TENANT_PROMPT_BLOCKS`` blocks, salted so no two tenants share a block; answers are
   50-500 tokens. Block ``TENANT_PROMPT_BLOCKS`` of a request, the first of its first user
   turn, names its conversation: the router's key.

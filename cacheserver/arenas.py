@@ -2,8 +2,8 @@
 
 A GET copies its payloads once, into an arena, and the reply is sent from there. Arenas
 are taken for one request and given back once its reply is sent, so a warm service hands
-a new connection memory that is already mapped (a fresh 50 MB buffer costs tens of
-milliseconds of page faults, more than the copy itself). The pool keeps at most
+a new connection memory that is already mapped (the page faults of a fresh buffer cost
+more than the copy itself). The pool keeps at most
 ``max_arenas``; an arena is uninitialised memory (no zeroing pass).
 """
 

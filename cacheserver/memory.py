@@ -1,10 +1,10 @@
 """Keeping freed block-sized buffers in the heap for reuse.
 
-Every block read allocates a payload of 0.3-2 MiB. glibc serves such sizes with a fresh
-``mmap`` and returns them with ``munmap`` on free, so every read pays page faults and
-zeroing of fresh pages: measured, a 16 x 2 MiB ``store.get`` ran at 0.7 GB/s that way and
-at 4.8 GB/s with the thresholds below, which keep freed buffers in the heap. The cost is
-that freed memory is returned to the OS later (up to ``trim`` bytes stay mapped).
+Every block read allocates a payload of about a block's size. glibc serves such sizes with
+a fresh ``mmap`` and returns them with ``munmap`` on free, so every read would pay page
+faults and the zeroing of fresh pages; the thresholds below keep freed buffers in the heap
+for the next read instead. The cost is that freed memory is returned to the OS later (up
+to ``trim`` bytes stay mapped).
 """
 
 from __future__ import annotations
