@@ -43,7 +43,7 @@ class Service:
         self.data_server = DataServer(self.plane, listeners)
         app = create_app(self.store, config, self.plane.counters, self.flash_problem)
         self.rest = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
-                                                  log_level="warning", lifespan="off"))
+                                                  log_config=None, lifespan="off"))
         self._rest_thread = threading.Thread(target=self.rest.run, name="kvtier-rest", daemon=True)
         self._stop = threading.Event()
 

@@ -25,6 +25,9 @@ COMMANDS = {
     "up": "engine.stack.cli",
     "chat": "clients.chat_cli",
 }
+# Libraries that log at INFO per request or per lifecycle step (httpx: every request;
+# uvicorn: startup lines and one access line per request): WARNING unless --log-level debug.
+QUIET_LIBRARIES = ("httpx", "httpcore", "uvicorn")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level: str) -> None:
+    """The process's one logging setup: kvtier's loggers at ``level`` on stderr, the
+    libraries in ``QUIET_LIBRARIES`` at WARNING unless ``level`` is DEBUG. Servers run
+    uvicorn with ``log_config=None`` so that it keeps this setup instead of its own."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if numeric <= logging.DEBUG else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(args.log_level)
+    except ValueError as e:
+        print(f"kvtier: error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

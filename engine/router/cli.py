@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
                           args.health_interval)
     app = create_app(Router(config))
     print(f"kvtier router on http://{args.host}:{args.port} -> {', '.join(config.replicas)}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0

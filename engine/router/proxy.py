@@ -30,7 +30,6 @@ from engine.router.routing import routing_key
 from hashing.ring import HashRing
 
 log = logging.getLogger(__name__)
-logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per proxied request is noise
 
 # Hop-by-hop and length headers are the proxy's own business, not the replica's.
 _DROP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}

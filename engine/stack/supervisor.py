@@ -2,11 +2,12 @@
 
 ``Stack`` owns the children. It starts each as its own ``kvtier`` subcommand with its
 output in a log file under the data folder, waits until every one answers its health
-check, and stops them in reverse order (SIGTERM, then SIGKILL after a grace period). A
-child that dies while starting stops the whole stack with the end of its log. One that
-dies later is started again with the same arguments: a replica (the router sends its
-conversations elsewhere meanwhile) or the cache service (same ports, same flash folder;
-the engines recompute meanwhile and reconnect when it answers again).
+check (calling ``on_ready`` with each as it first does), and stops them in reverse order
+(SIGTERM, then SIGKILL after a grace period). A child that dies while starting stops the
+whole stack with the end of its log. One that dies later is started again with the same
+arguments: a replica (the router sends its conversations elsewhere meanwhile) or the
+cache service (same ports, same flash folder; the engines recompute meanwhile and
+reconnect when it answers again).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,12 +53,14 @@ class Child:
     log_path: Path
     args: list[str]
     restarts: list[float] = field(default_factory=list)  # monotonic times
+    about: str = ""  # what else a user needs to know to reach it, for the ready line
 
 
 @dataclass
 class Stack:
     config: StackConfig
     children: list[Child] = field(default_factory=list)
+    on_ready: Callable[[Child], None] = lambda child: None  # once per child, when it first answers
 
     def start(self) -> None:
         c = self.config
@@ -74,7 +78,7 @@ class Stack:
             cache_url = f"unix://{sock}"
         else:
             cache_url = f"kvtier://{c.host}:{data}"
-        cache = self._spawn("cache", f"http://{c.host}:{rest}", logs, serve)
+        cache = self._spawn("cache", f"http://{c.host}:{rest}", logs, serve, f"admin; data {cache_url}")
         self._wait_healthy([cache])
         replicas = []
         for i in range(c.replicas):
@@ -88,15 +92,18 @@ class Stack:
             args += ["--block-hash", c.block_hash]
             if c.hash_secret_file:
                 args += ["--hash-secret-file", str(Path(c.hash_secret_file).resolve())]
-            replicas.append(self._spawn(f"engine{i}", f"http://{c.host}:{port}", logs, args))
+            replicas.append(self._spawn(f"engine{i}", f"http://{c.host}:{port}", logs, args, "replica"))
         self._wait_healthy(replicas)
         router_args = ["router", "--host", c.host, "--port", str(c.port)]
         for r in replicas:
             router_args += ["--replica", r.url]
-        self._wait_healthy([self._spawn("router", f"http://{c.host}:{c.port}", logs, router_args)])
+        router = self._spawn("router", f"http://{c.host}:{c.port}", logs, router_args,
+                             f"OpenAI-compatible API at http://{c.host}:{c.port}/v1")
+        self._wait_healthy([router])
 
-    def _spawn(self, name: str, url: str, logs: Path, args: list[str]) -> Child:
-        child = Child(name, url, _launch(logs / f"{name}.log", args), logs / f"{name}.log", args)
+    def _spawn(self, name: str, url: str, logs: Path, args: list[str], about: str) -> Child:
+        log_path = logs / f"{name}.log"
+        child = Child(name, url, _launch(log_path, args), log_path, args, about=about)
         self.children.append(child)
         return child
 
@@ -122,6 +129,7 @@ class Stack:
                 try:
                     if httpx.get(f"{child.url}/healthz", timeout=2).status_code == 200:
                         waiting.remove(child)
+                        self.on_ready(child)
                 except httpx.HTTPError:
                     pass
             if waiting and time.monotonic() > deadline:
@@ -172,11 +180,19 @@ def tail(path: Path, lines: int = 20) -> str:
         return f"(cannot read {path}: {e})"
 
 
+def ready_line(child: Child) -> str:
+    """``  NAME     URL  ABOUT``: the line ``kvtier up`` prints when a child first answers."""
+    return f"  {child.name:<8} {child.url}  {child.about}"
+
+
 def run_until_signal(stack: Stack) -> int:
     """Start the stack, print where it is, and keep it up until SIGINT or SIGTERM."""
     stopping = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.append(True))
+    print(f"kvtier up: starting the cache service, {stack.config.replicas} engine(s) and the router",
+          flush=True)
+    stack.on_ready = lambda child: print(ready_line(child), flush=True)
     try:
         stack.start()
     except RuntimeError as e:
@@ -184,11 +200,8 @@ def run_until_signal(stack: Stack) -> int:
         stack.stop()
         return 1
     c = stack.config
-    print(f"kvtier up: ready. OpenAI-compatible API at http://{c.host}:{c.port}/v1", flush=True)
-    for child in stack.children:
-        print(f"  {child.name:<8} {child.url}  (log {child.log_path})", flush=True)
-    print("  chat with: kvtier chat --url " + f"http://{c.host}:{c.port}" + "   (Ctrl-C stops the stack)",
-          flush=True)
+    print(f"kvtier up: ready; chat with: kvtier chat --url http://{c.host}:{c.port}   "
+          f"(Ctrl-C stops the stack; logs under {Path(c.data_dir) / 'logs'})", flush=True)
     status = 0
     while not stopping:
         dead = stack.poll_exited()

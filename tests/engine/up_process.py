@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ class Up:
     replicas: list[str]  # each engine replica's URL
     cache: str  # the cache service's REST URL
     data: Path
+    startup: list[str] = field(default_factory=list)  # what it printed up to "ready"
 
 
 @contextmanager
@@ -49,7 +50,7 @@ def kvtier_up(data: Path, *args: str, env: dict[str, str] | None = None,
     urls = {ln.split()[0]: ln.split()[1] for ln in lines if ln.startswith("  ") and "http" in ln}
     replicas = [url for name, url in urls.items() if name.startswith("engine")]
     try:
-        yield Up(f"http://127.0.0.1:{port}", replicas, urls["cache"], data)
+        yield Up(f"http://127.0.0.1:{port}", replicas, urls["cache"], data, lines)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
