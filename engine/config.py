@@ -67,7 +67,7 @@ class EngineConfig:
 
     model: str | None = None  # a GGUF file or a Hugging Face folder; None: SmolLM2
     dtype: str = "auto"
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda or cuda:N
     block_size: int = 16
     kv_cache_gb: float = 1.0
     num_blocks: int | None = None
@@ -75,6 +75,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None: the model's context length
     enable_prefix_caching: bool = True
+    # On CUDA, replay decode steps as CUDA graphs (one per batch-size bucket), captured at start.
+    cuda_graphs: bool = True
     # Block keys: xxh3_128, or sha256 with a secret for mutually distrustful tenants (the
     # secret goes into every key's root, so keys cannot be predicted without it).
     block_hash: str = "xxh3_128"

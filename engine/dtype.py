@@ -1,4 +1,7 @@
-"""The engine's compute dtype: ``auto`` picks bfloat16 where the hardware multiplies it natively.
+"""The engine's device and compute dtype, each ``auto`` by default.
+
+``auto`` device: the first CUDA GPU when PyTorch sees one, else the CPU. ``auto`` dtype:
+bfloat16 on a GPU, and on a CPU that multiplies it natively.
 
 Weights and the KV cache follow the chosen dtype. On CPUs, bfloat16 matrix products are
 fast only with AMX or AVX512-BF16; elsewhere PyTorch emulates them and float32 is faster.
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.errors import UnsupportedModelError
+from engine.errors import EngineError, UnsupportedModelError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -23,6 +26,23 @@ def cpu_has_native_bf16() -> bool:
     except OSError:  # not Linux: trust PyTorch's own dispatch level
         return torch.backends.cpu.get_cpu_capability() == "AMX"
     return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def resolve_device(name: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> the device the engine runs on."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {name!r}: PyTorch sees no CUDA GPU here; use --device cpu")
+        index = int(name[5:] or 0) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise EngineError(
+                f"device {name!r}: there are {torch.cuda.device_count()} CUDA devices")
+        return name
+    raise EngineError(f"device {name!r} is unknown; use auto, cpu, cuda or cuda:N")
 
 
 def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:

@@ -4,16 +4,15 @@ A step's tokens are flattened into one row per token (``T`` rows). Every sequenc
 is either a *decode* (one new token) or a *prefill* chunk (several tokens, after zero or
 more tokens already in the cache: a prefix-cache hit or earlier chunks). Both read K/V
 back from the pages, so a cold run, a prefix hit and a chunked prefill compute the same
-thing the same way.
+thing the same way. One backend per device:
 
-- Decodes are batched: their pages are gathered into [B, kv_heads, S, head_dim], padded
-  to the longest context and masked, and one ``scaled_dot_product_attention`` call serves
-  all of them, with the query heads of a KV group laid out as query rows.
-- A prefill chunk with nothing cached before it (a cold prompt) uses PyTorch's fused causal
-  kernel in the dtypes where it measured faster; otherwise, and after cached tokens (a
-  prefix hit, a later chunk), it runs block by block over its queries (``QUERY_BLOCK``
-  rows at a time), so each block only multiplies the keys it can see (causal, offset by
-  the cached tokens).
+- CPU: decodes are batched, their pages gathered into [B, kv_heads, S, head_dim], padded
+  to the longest context and masked, for one ``scaled_dot_product_attention`` call. A cold
+  prompt uses PyTorch's fused causal kernel in the dtypes where that measured faster;
+  otherwise a prefill chunk runs ``QUERY_BLOCK`` queries at a time, each block multiplying
+  only the keys it can see.
+- CUDA: a cold prompt uses the fused causal kernel (flash); decodes and warm prefill chunks
+  read the pages directly in one Triton kernel (``triton_attention``).
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ import torch
 import torch.nn.functional as F
 
 QUERY_BLOCK = 256
-# Dtypes whose cold prefill uses PyTorch's fused causal kernel. Measured end to end on this
-# project's CPU (SmolLM2, ``kvtier bench engine``, 2,048 tokens): float32 prefill went from
-# 449 to 540 tokens/s with it, bfloat16 from 1,021 down to 769, so bfloat16 keeps the
-# blocked path.
+# Dtypes whose cold prefill uses PyTorch's fused causal kernel on a CPU: faster than the
+# blocked path in float32, slower in bfloat16 (``kvtier bench engine`` shows both).
 FUSED_CAUSAL_DTYPES = (torch.float32, torch.float16)
 
 
@@ -36,38 +33,49 @@ FUSED_CAUSAL_DTYPES = (torch.float32, torch.float16)
 class PrefillChunk:
     """Rows ``[q_start, q_start + q_len)`` of the step attend to ``ctx_len`` cached tokens.
 
-    The chunk's queries are the last ``q_len`` of those ``ctx_len`` positions.
+    The chunk's queries are the last ``q_len`` of those ``ctx_len`` positions; its block
+    table is row ``index`` of ``AttentionMetadata.block_tables``.
     """
 
     q_start: int
     q_len: int
     ctx_len: int
-    block_ids: torch.Tensor  # [ceil(ctx_len / block_size)] int64
+    index: int
 
-
-@dataclass(frozen=True)
-class DecodeBatch:
-    """One query row per sequence; each attends to its first ``ctx_lens[b]`` cached tokens."""
-
-    rows: torch.Tensor  # [B] int64: the step's token rows of these queries
-    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0
-    mask: torch.Tensor  # [B, 1, 1, max_blocks * block_size] bool: True where attended
+    @property
+    def cold(self) -> bool:
+        """Nothing cached before the chunk: plain causal attention over its own rows."""
+        return self.ctx_len == self.q_len
 
 
 @dataclass(frozen=True)
 class AttentionMetadata:
-    slot_mapping: torch.Tensor  # [T] int64: page slot (block_id * block_size + offset) of each row
+    """Where a step's rows go in the pages and what each chunk attends to.
+
+    Chunks ``0 .. num_decodes - 1`` are decodes (rows ``0 .. num_decodes - 1``, one each);
+    the rest are ``prefills``. Tensors live on the model's device; ints are host values.
+    """
+
+    slot_blocks: torch.Tensor  # [T] page of each row's K/V
+    slot_offsets: torch.Tensor  # [T] its slot in the page
+    q_starts: torch.Tensor  # [N] per chunk
+    q_lens: torch.Tensor  # [N]
+    ctx_lens: torch.Tensor  # [N]
+    block_tables: torch.Tensor  # [N, W] pages of each chunk's context, padded with page 0
+    paged_chunks: torch.Tensor  # [M] the chunks that read cached K/V: decodes, warm prefills
+    num_decodes: int
+    decode_width: int  # pages of the longest decode context
     prefills: tuple[PrefillChunk, ...]
-    decode: DecodeBatch | None
+    max_paged_q_len: int  # the longest q_len among paged_chunks
 
 
 def write_kv(
     k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    slot_mapping: torch.Tensor,
+    meta: AttentionMetadata,
 ) -> None:
-    """Store the step's K/V. caches: [num_blocks, bs, H, D]; k, v: [T, H, D]."""
-    k_cache.view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)
+    """Store the step's K/V. caches: [num_blocks, bs, H, D] (strided); k, v: [T, H, D]."""
+    k_cache[meta.slot_blocks, meta.slot_offsets] = k
+    v_cache[meta.slot_blocks, meta.slot_offsets] = v
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -79,8 +87,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     Scores stay in the model dtype (the product rounds to it anyway) and the softmax
     accumulates in float32 inside the kernel: converting [Hq, n, S] scores to float32 and
     back cost more than the products themselves in bfloat16. (PyTorch's
-    ``scaled_dot_product_attention`` with the explicit mask an offset needs measured 5-10x
-    slower than this at 2,048 tokens; without a prefix, ``causal_attention`` uses it.)
+    ``scaled_dot_product_attention`` with the explicit mask an offset needs is several
+    times slower than this on a CPU; without a prefix, ``causal_attention`` uses it.)
     """
     n, num_heads, d = q.shape
     s, num_kv, _ = k.shape
@@ -89,13 +97,13 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     qg = (q * (1.0 / math.sqrt(d))).view(n, num_kv, group, d).permute(1, 2, 0, 3)  # [Hkv, G, n, D]
     kt = k.permute(1, 2, 0).contiguous()  # [Hkv, D, S]
     vh = v.transpose(0, 1).contiguous()  # [Hkv, S, D]
-    out = torch.empty(num_kv, group, n, d, dtype=q.dtype)
+    out = torch.empty(num_kv, group, n, d, dtype=q.dtype, device=q.device)
     for start in range(0, n, QUERY_BLOCK):
         end = min(n, start + QUERY_BLOCK)
         rows, keys = end - start, offset + end
         qb = qg[:, :, start:end].reshape(num_kv, group * rows, d)  # [Hkv, G*rows, D]
         scores = torch.matmul(qb, kt[:, :, :keys]).view(num_kv, group, rows, keys)
-        future = torch.ones(rows, rows, dtype=torch.bool).triu_(1)  # the diagonal block
+        future = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # the diagonal block
         scores[..., keys - rows :].masked_fill_(future, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         ob = torch.matmul(probs.view(num_kv, group * rows, keys), vh[:, :keys])
@@ -117,17 +125,56 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: DecodeBatch
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
 ) -> torch.Tensor:
-    """q: [B, Hq, D]; caches: [num_blocks, bs, Hkv, D]. Returns [B, Hq, D]."""
+    """The decodes' rows, gathered and padded. q: [B, Hq, D]; caches: [num_blocks, bs, Hkv, D].
+    Returns [B, Hq, D]."""
     b, num_heads, d = q.shape
-    num_kv = k_cache.shape[2]
-    # [B, max_blocks, bs, Hkv, D] -> [B, Hkv, S, D]
-    k = k_cache[batch.block_tables].flatten(1, 2).transpose(1, 2)
-    v = v_cache[batch.block_tables].flatten(1, 2).transpose(1, 2)
+    num_kv, bs = k_cache.shape[2], k_cache.shape[1]
+    tables = meta.block_tables[:b, : meta.decode_width]
+    # [B, W, bs, Hkv, D] -> [B, Hkv, S, D]
+    k = k_cache[tables].flatten(1, 2).transpose(1, 2)
+    v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+    attended = torch.arange(meta.decode_width * bs, device=q.device) < meta.ctx_lens[:b, None]  # [B, S]
     qg = q.view(b, num_kv, num_heads // num_kv, d)  # a KV group's heads as query rows
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=batch.mask)  # [B, Hkv, G, D]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=attended[:, None, None, :])  # [B, Hkv, G, D]
     return out.reshape(b, num_heads, d)
+
+
+def _attend_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
+    """The CPU's measured fast paths: fused causal for cold prompts in float32, blocked
+    prefill over gathered pages otherwise, decodes batched over gathered pages."""
+    heads, d = k_cache.shape[2:]
+    for c in meta.prefills:
+        rows = slice(c.q_start, c.q_start + c.q_len)
+        if c.cold and q.dtype in FUSED_CAUSAL_DTYPES:
+            out[rows] = causal_attention(q[rows], k[rows], v[rows])
+            continue
+        pages = meta.block_tables[c.index, : -(-c.ctx_len // k_cache.shape[1])]
+        ctx_k = k_cache[pages].reshape(-1, heads, d)[: c.ctx_len]  # [S, Hkv, D]
+        ctx_v = v_cache[pages].reshape(-1, heads, d)[: c.ctx_len]
+        out[rows] = prefill_attention(q[rows], ctx_k, ctx_v)
+    if meta.num_decodes:
+        b = meta.num_decodes
+        out[:b] = decode_attention(q[:b], k_cache, v_cache, meta)
+
+
+def _attend_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
+    """Cold prompts through the fused causal kernel (flash); every chunk that reads
+    cached K/V (decodes, prefill after a hit or an earlier chunk) through one launch of
+    the paged Triton kernel, straight from the pages."""
+    from engine.model.triton_attention import paged_attention_triton
+
+    for c in meta.prefills:
+        if c.cold:
+            rows = slice(c.q_start, c.q_start + c.q_len)
+            out[rows] = causal_attention(q[rows], k[rows], v[rows])
+    if meta.max_paged_q_len:
+        paged_attention_triton(
+            q, k_cache, v_cache, out, chunks=meta.paged_chunks, q_starts=meta.q_starts, q_lens=meta.q_lens,
+            ctx_lens=meta.ctx_lens, block_tables=meta.block_tables, max_q_len=meta.max_paged_q_len)
 
 
 def paged_attention(
@@ -137,18 +184,8 @@ def paged_attention(
     """Attention of the step's rows. q: [T, Hq, D]; k, v: [T, Hkv, D]; cache: one layer's
     (k, v) pages, each [num_blocks, bs, Hkv, D]. Returns [T, Hq, D]."""
     k_cache, v_cache = cache
-    write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    write_kv(k_cache, v_cache, k, v, meta)
     out = torch.empty_like(q)
-    heads, d = k_cache.shape[2:]
-    for c in meta.prefills:
-        rows = slice(c.q_start, c.q_start + c.q_len)
-        if c.ctx_len == c.q_len and q.dtype in FUSED_CAUSAL_DTYPES:  # nothing cached before
-            out[rows] = causal_attention(q[rows], k[rows], v[rows])
-            continue
-        ctx_k = k_cache[c.block_ids].view(-1, heads, d)[: c.ctx_len]  # [S, Hkv, D]
-        ctx_v = v_cache[c.block_ids].view(-1, heads, d)[: c.ctx_len]
-        out[rows] = prefill_attention(q[rows], ctx_k, ctx_v)
-    if meta.decode is not None:
-        rows = meta.decode.rows
-        out[rows] = decode_attention(q[rows], k_cache, v_cache, meta.decode)
+    attend = _attend_cuda if q.is_cuda else _attend_cpu
+    attend(q, k, v, k_cache=k_cache, v_cache=v_cache, meta=meta, out=out)
     return out

@@ -1,14 +1,16 @@
 """The paged KV pool: K and V of every layer in fixed-size pages (blocks).
 
-One tensor holds everything, layer-major, so that a layer's pages form one contiguous
-array that attention can gather from::
+One tensor holds everything, block-major, so that one block (K and V of every layer) is
+one contiguous run: saving or loading a block is one copy (one DMA on a GPU)::
 
-    kv: [layers, 2 (K, V), num_blocks, block_size, kv_heads, head_dim]
+    kv: [num_blocks + 1, layers, 2 (K, V), block_size, kv_heads, head_dim]
+         page ``num_blocks`` is scratch: padded rows of a CUDA-graph step write there
 
-The cache service stores a page as one contiguous byte string laid out
-``[layers, 2, block_size, kv_heads, head_dim]`` in the KV dtype; ``read_page`` and
-``write_page`` convert between the two. This class owns the memory only; which page
-belongs to whom is the ``BlockManager``'s business.
+A layer's K (or V) is a strided view ``[num_blocks + 1, block_size, kv_heads, head_dim]``
+whose token rows stay contiguous, which is all attention needs. The cache service stores
+a page as the same bytes, ``[layers, 2, block_size, kv_heads, head_dim]`` in the KV
+dtype. This class owns the memory only; which page belongs to whom is the
+``BlockManager``'s business.
 """
 
 from __future__ import annotations
@@ -59,18 +61,17 @@ class KVCache:
         self.layout = layout
         self.num_blocks = num_blocks
         self.block_size = layout.block_size
-        # kv: [layers, 2, num_blocks, block_size, kv_heads, head_dim]
-        layers, _, bs, heads, dim = layout.shape
-        self.kv = torch.zeros(layers, 2, num_blocks, bs, heads, dim, dtype=layout.dtype, device=device)
+        self.scratch_block = num_blocks
+        # kv: [num_blocks + 1, layers, 2, block_size, kv_heads, head_dim]
+        self.kv = torch.zeros(num_blocks + 1, *layout.shape, dtype=layout.dtype, device=device)
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k, v) of one layer, each [num_blocks, block_size, kv_heads, head_dim] (views)."""
-        return self.kv[index, 0], self.kv[index, 1]
+        """(k, v) of one layer, each [num_blocks + 1, block_size, kv_heads, head_dim] (strided views)."""
+        return self.kv[:, index, 0], self.kv[:, index, 1]
 
     def read_page(self, block_id: int) -> bytes:
         """The page's K and V as bytes, laid out [layers, 2, block_size, kv_heads, head_dim]."""
-        page = self.kv[:, :, block_id].contiguous()  # [L, 2, bs, H, D]
-        return page.cpu().view(torch.uint8).numpy().tobytes()
+        return self.kv[block_id].cpu().view(torch.uint8).numpy().tobytes()
 
     def write_page(self, block_id: int, payload: bytes | bytearray | memoryview) -> None:
         """Fill a page from bytes in ``read_page``'s layout (e.g. a block from the cache service)."""
@@ -84,5 +85,4 @@ class KVCache:
             isinstance(payload, memoryview) and not payload.readonly)
         # torch wants a writable buffer; only a read-only one (bytes) is copied first.
         raw = torch.frombuffer(payload if writable else bytearray(payload), dtype=torch.uint8)
-        page = raw.view(layout.dtype).view(layout.shape)  # [L, 2, bs, H, D]
-        self.kv[:, :, block_id].copy_(page)
+        self.kv[block_id].copy_(raw.view(layout.dtype).view(layout.shape))

@@ -72,7 +72,7 @@ class LlamaModel:
         # Logits in float32: bfloat16 logits (8-bit mantissa, steps of 0.125 at 20) tie often
         # enough to flip greedy choices; the extra cost is one matrix-vector row per sequence.
         self.lm_head = head.float()  # [V, hidden]
-        self.cos_sin = rope_table(config, max_position, self.dtype)  # [P, 2, D]
+        self.cos_sin = rope_table(config, max_position, self.dtype).to(self.embed.device)  # [P, 2, D]
 
     def forward(
         self,

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from engine.config import EngineConfig
-from engine.dtype import resolve_dtype
+from engine.dtype import resolve_device, resolve_dtype
 from engine.errors import EngineError, InvalidRequestError
 from engine.model.checkpoint import Checkpoint
 from engine.model.kv_cache import KVCache, PageLayout
@@ -25,7 +25,7 @@ from engine.model.loader import load_checkpoint
 from engine.model.model import LlamaModel
 from engine.runtime.block_manager import BlockManager
 from engine.runtime.connector import CacheConnector, FetchResult, SavedBlock
-from engine.runtime.model_runner import ModelRunner, prepare
+from engine.runtime.model_runner import ModelRunner
 from engine.runtime.outputs import RequestOutput
 from engine.runtime.sampler import sample
 from engine.runtime.sampling_params import SamplingParams
@@ -59,7 +59,8 @@ class LLMEngine:
         service before they are scheduled, and every block that fills is saved there.
         """
         self.config = config
-        self.dtype = resolve_dtype(config.dtype, config.device)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         if checkpoint is None:
             checkpoint = load_checkpoint(config.model, self.dtype)
         m = checkpoint.config
@@ -72,14 +73,16 @@ class LLMEngine:
         num_blocks = _num_blocks(config, layout)
         # A sequence longer than the pool could never run, even alone.
         self.max_seq_len = min(self.max_model_len, num_blocks * config.block_size)
-        weights = {k: v.to(self.dtype) for k, v in checkpoint.weights.items()}
+        weights = {k: v.to(self.device, self.dtype) for k, v in checkpoint.weights.items()}
         self.model = LlamaModel(m, weights, self.max_model_len)
-        self.kv_cache = KVCache(layout, num_blocks, config.device)
+        del weights  # the model holds what it needs (fused copies of some)
+        self.kv_cache = KVCache(layout, num_blocks, self.device)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
-        self.runner = ModelRunner(self.model, self.kv_cache)
+        self.runner = ModelRunner(self.model, self.kv_cache, self.device,
+                                  config.max_num_seqs if config.cuda_graphs else 0)
         self.eos_token_ids = self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
         self._requests: dict[str, Sequence] = {}
         self.connector = connector
@@ -132,7 +135,7 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        seq = Sequence(request_id, ids, params, self.hasher(cache_salt))
+        seq = Sequence(request_id, ids, params, self.hasher(cache_salt), self.device)
         self._requests[request_id] = seq
         if not self._start_fetch(seq):
             self.scheduler.add(seq)
@@ -232,8 +235,9 @@ class LLMEngine:
         if not ids or not self.block_manager.allocate_slots(seq, len(ids)):
             raise InvalidRequestError(f"cannot score {len(ids)} tokens with the free pages")
         try:
-            inputs = prepare([ScheduledChunk(seq, 0, len(ids))], self.config.block_size)
-            return self.runner.forward(replace(inputs, logit_rows=torch.arange(len(ids))))
+            inputs = self.runner.inputs([ScheduledChunk(seq, 0, len(ids))])
+            rows = torch.arange(len(ids), device=self.runner.device)
+            return self.runner.forward(replace(inputs, logit_rows=rows))
         finally:
             self.block_manager.free(seq)
 

@@ -31,6 +31,7 @@ class Sequence:
         prompt_token_ids: list[int],
         params: SamplingParams,
         hasher: BlockHasher,
+        device: str = "cpu",  # where its sampling generator draws (the logits' device)
     ):
         self.request_id = request_id
         self.token_ids = list(prompt_token_ids)
@@ -52,7 +53,7 @@ class Sequence:
         self._keys: list[bytes] = []
         self.generator = None
         if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed)
+            self.generator = torch.Generator(device).manual_seed(params.seed)
 
     @property
     def num_tokens(self) -> int:

@@ -1,4 +1,5 @@
-"""Pages <-> bytes in the cache service's layout [layers, 2, block_size, kv_heads, head_dim]."""
+"""Pages <-> bytes in the cache service's layout [layers, 2, block_size, kv_heads, head_dim], which is
+also the pool's own: one page is one contiguous run of the block-major pool."""
 
 import pytest
 import torch
@@ -18,9 +19,9 @@ def test_page_bytes_round_trip(dtype):
     assert len(payload) == layout(dtype).nbytes == 2 * 2 * 4 * 2 * 8 * cache.kv.element_size()
     other = KVCache(layout(dtype), num_blocks=5)
     other.write_page(1, payload)
-    assert torch.equal(other.kv[:, :, 1], cache.kv[:, :, 3])
+    assert torch.equal(other.kv[1], cache.kv[3])
     assert other.read_page(1) == payload
-    assert not other.kv[:, :, [0, 2, 3, 4]].any()
+    assert not other.kv[[0, 2, 3, 4, 5]].any()  # 5: the scratch page
 
 
 def test_page_layout_is_layer_kv_token_head_dim():
@@ -29,7 +30,8 @@ def test_page_layout_is_layer_kv_token_head_dim():
     page = torch.frombuffer(bytearray(cache.read_page(2)), dtype=torch.float32).view(2, 2, 4, 2, 8)
     k_layer1 = cache.layer(1)[0][2]  # [block_size, heads, dim]
     assert torch.equal(page[1, 0], k_layer1)
-    assert torch.equal(page[0, 1, 3], cache.kv[0, 1, 2, 3])
+    assert torch.equal(page[0, 1, 3], cache.kv[2, 0, 1, 3])
+    assert cache.kv[2].is_contiguous() and cache.kv.shape[0] == 4  # 3 pages and the scratch page
 
 
 def test_wrong_payload_size_is_refused():

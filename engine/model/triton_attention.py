@@ -1,0 +1,113 @@
+"""Attention of query rows over paged K/V, as one Triton kernel (the CUDA backend).
+
+Serves every chunk that reads the KV pages: a decode (one query row) and a prefill chunk
+after cached tokens. A chunk's ``q_len`` queries are the last ``q_len`` of its
+``ctx_len`` positions; query ``i`` sees keys ``0 .. ctx_len - q_len + i``.
+
+One program computes ``BLOCK_M`` rows of one chunk and one KV head: the rows are
+(query token, query head of the KV group) pairs, so the group's heads share each K/V
+tile they load (grouped-query attention at the cost of one KV head). Keys are walked
+``BLOCK_N`` tokens at a time through the chunk's block table, with an online softmax in
+float32. No gather, no padding to the longest context, no mask tensor.
+
+Tested on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_N = 64  # keys per inner step
+
+
+@triton.jit
+def _paged_attention_kernel(  # noqa: PLR0917 (Triton kernels take their arguments by position)
+    q_ptr, k_ptr, v_ptr, out_ptr,  # q, out: [T, Hq, D]; k, v: [num_blocks, bs, Hkv, D] (strided)
+    chunks_ptr, q_starts_ptr, q_lens_ptr, ctx_lens_ptr, tables_ptr,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
+    scale, head_dim, block_size,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    chunk = tl.load(chunks_ptr + tl.program_id(0))
+    kv_head = tl.program_id(1)
+    q_start = tl.load(q_starts_ptr + chunk)
+    q_len = tl.load(q_lens_ptr + chunk)
+    ctx_len = tl.load(ctx_lens_ptr + chunk)
+    rows_per_block: tl.constexpr = BLOCK_M // GROUP
+    first_token = tl.program_id(2) * rows_per_block
+    if first_token >= q_len:
+        return
+
+    offs_m = tl.arange(0, BLOCK_M)
+    token = first_token + offs_m // GROUP  # the query's index in the chunk
+    head = kv_head * GROUP + offs_m % GROUP
+    row_ok = (offs_m < rows_per_block * GROUP) & (token < q_len)  # BLOCK_M may not divide by GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_dim
+    q_rows = (q_start + token).to(tl.int64)
+    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+
+    q_pos = ctx_len - q_len + token  # absolute position of each query row
+    # The last key any row of this program sees.
+    last_key = tl.minimum(ctx_len, ctx_len - q_len + first_token + rows_per_block)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    table = tables_ptr + chunk.to(tl.int64) * stride_table
+    for start in range(0, last_key, BLOCK_N):
+        key_pos = start + offs_n
+        key_ok = key_pos < last_key
+        page = tl.load(table + key_pos // block_size, mask=key_ok, other=0).to(tl.int64)
+        slot = key_pos % block_size
+        k_off = page * stride_kb + slot * stride_kt + kv_head * stride_kh
+        v_off = page * stride_vb + slot * stride_vt + kv_head * stride_vh
+        kv_mask = key_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptr + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [BLOCK_M, BLOCK_N]
+        visible = (key_pos[None, :] <= q_pos[:, None]) & key_ok[None, :]
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see no key yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+def paged_attention_triton(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor, *,
+    chunks: torch.Tensor, q_starts: torch.Tensor, q_lens: torch.Tensor, ctx_lens: torch.Tensor,
+    block_tables: torch.Tensor, max_q_len: int,
+) -> None:
+    """Write into ``out`` the attention of the rows of ``chunks`` (indices into the per-chunk
+    arrays). q, out: [T, Hq, D]; k_cache, v_cache: [num_blocks, bs, Hkv, D], each token's
+    heads contiguous; q_starts, q_lens, ctx_lens: [N]; block_tables: [N, W]. ``max_q_len``
+    bounds the chunks' ``q_len`` (it sizes the grid)."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv = k_cache.shape[2]
+    group = num_heads // num_kv
+    # Rows of a program: at least 16 (the smallest tile a matrix unit takes), a decode's
+    # group of heads when that is all there is, 64 for prefill chunks.
+    block_m = max(16, triton.next_power_of_2(group * (1 if max_q_len == 1 else 16)))
+    grid = (chunks.numel(), num_kv, triton.cdiv(max_q_len, block_m // group))
+    _paged_attention_kernel[grid](
+        q, k_cache, v_cache, out, chunks, q_starts, q_lens, ctx_lens, block_tables,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        head_dim**-0.5, head_dim, k_cache.shape[1],
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        # float32 products in full precision (TF32 would cost the CPU-matching logits).
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
