@@ -43,17 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default 2)")
     parser.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
+    from benchmarks import engine_gpu  # imports this module's helpers
+
+    engine_gpu.add_arguments(parser)
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+def median_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up run; ``sync``
+    waits for a device's queued work before and after each run."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(sync, fn) for _ in range(repeats))
+
+
+def timed(sync: Callable[[], Any], fn: Callable[[], Any]) -> float:
+    """Seconds of one ``fn()``, with ``sync()`` (waiting for a device) before and after."""
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
 
 
 def random_ids(n: int, seed: int, vocab: int) -> list[int]:
@@ -66,12 +74,13 @@ def random_ids(n: int, seed: int, vocab: int) -> list[int]:
 # -- the limit --------------------------------------------------------------------------
 
 
-def matmul_rate(dtype: Any, repeats: int, n: int = 2048) -> float:
-    """FLOP/s of an n x n x n matrix product in ``dtype``."""
+def matmul_rate(dtype: Any, repeats: int, n: int = 2048, device: str = "cpu",
+                sync: Callable[[], Any] = lambda: None) -> float:
+    """FLOP/s of an n x n x n matrix product in ``dtype`` on ``device``."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / median_time(lambda: a @ b, repeats)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    return 2 * n**3 / median_time(lambda: a @ b, repeats, sync)
 
 
 def prefill_flops(cfg: Any, tokens: int) -> float:
@@ -93,7 +102,7 @@ class Ours:
         from engine.config import EngineConfig
         from engine.runtime.llm_engine import LLMEngine
 
-        config = EngineConfig(dtype=dtype, kv_cache_gb=1.0, max_num_batched_tokens=4096)
+        config = EngineConfig(device="cpu", dtype=dtype, kv_cache_gb=1.0, max_num_batched_tokens=4096)
         self.engine = LLMEngine(config, checkpoint)
         self.vocab = checkpoint.config.vocab_size
         self.system = random_ids(SYSTEM_TOKENS, 7, self.vocab)
@@ -257,11 +266,18 @@ def print_table(r: dict[str, float], auto: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The CPU benchmark on the real model; on CUDA or with a model shape, ``engine_gpu``'s."""
     import torch
 
-    from engine.dtype import dtype_name, resolve_dtype
+    from benchmarks import engine_gpu
+    from engine.dtype import dtype_name, resolve_device, resolve_dtype
     from engine.model.loader import load_checkpoint, resolve_model_path
 
+    device = resolve_device(args.device)
+    if args.model_shape or device != "cpu":
+        if args.model:
+            raise ValueError("--model is for the CPU benchmark; on a GPU pass --model-shape")
+        return engine_gpu.run(args, device)
     torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)
     auto = dtype_name(resolve_dtype("auto"))

@@ -9,11 +9,13 @@ transformers releases: the cache keyword (``past_key_values`` became ``cache``) 
 
 from __future__ import annotations
 
+import argparse
 import inspect
 from typing import Any
 
 import torch
 
+from benchmarks.engine import random_ids, timed
 from engine.model.checkpoint import Checkpoint
 from engine.model.shapes import hf_config_dict
 
@@ -70,3 +72,48 @@ class ReferenceCache:
         remove = self.cache.get_seq_length() - length
         if remove > 0:
             self.cache.crop(-remove)
+
+
+class Transformers:
+    """The benchmark's reference system (``engine_gpu``): transformers' forward passes through
+    its own KV cache, with the methods and figures of ``engine_gpu.Ours``."""
+
+    def __init__(self, checkpoint: Checkpoint, args: argparse.Namespace, device: str, sync):
+        self.model = transformers_model(checkpoint)
+        self.new_cache = lambda: ReferenceCache(self.model)
+        self.args, self.sync, self.device = args, sync, device
+        self.vocab = checkpoint.config.vocab_size
+        self.prefix = torch.tensor([random_ids(args.cached_prefix, 7, self.vocab)], device=device)
+        self._prefix_cache: Any = None
+
+    def _ids(self, rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, device=self.device)
+
+    def _forward_s(self, cache: ReferenceCache, ids: torch.Tensor) -> float:
+        with torch.inference_mode():
+            return timed(self.sync, lambda: cache.forward(ids))
+
+    def prefill_s(self, n: int) -> float:
+        return self._forward_s(self.new_cache(), self._ids([random_ids(n, n, self.vocab)]))
+
+    def ttft_s(self, hit: bool) -> float:
+        question = self._ids([random_ids(self.args.new_tokens, 100, self.vocab)])
+        if not hit:
+            return self._forward_s(self.new_cache(), torch.cat([self.prefix, question], dim=1))
+        if self._prefix_cache is None:
+            self._prefix_cache = self.new_cache()
+            self._forward_s(self._prefix_cache, self.prefix)
+        self._prefix_cache.crop(self.args.cached_prefix)
+        return self._forward_s(self._prefix_cache, question)
+
+    def decode_tps(self, batch: int) -> float:
+        cache, steps = self.new_cache(), self.args.decode_steps
+        rows = [random_ids(self.args.prompt_tokens, 5000 + i, self.vocab) for i in range(batch)]
+        with torch.inference_mode():
+            state = {"next": cache.forward(self._ids(rows)).argmax(-1, keepdim=True)}  # [B, 1]
+
+            def decode() -> None:
+                for _ in range(steps):
+                    state["next"] = cache.forward(state["next"]).argmax(-1, keepdim=True)
+
+            return batch * steps / timed(self.sync, decode)
