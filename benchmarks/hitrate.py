@@ -141,7 +141,7 @@ def measure(requests: list, stores: list[tuple[float, list]], policies: list[str
     from benchmarks.traces import distinct_blocks, unlimited_hit_rate
 
     _TRACE[:] = [requests, request_blocks(requests, block_bytes)]
-    from tiers.policy import DEFAULT_POLICY
+    from tiers.registry import DEFAULT_POLICY
 
     # "default" is replayed once, under its own name, when that policy is listed too.
     aliases = {"default": DEFAULT_POLICY} if "default" in policies and DEFAULT_POLICY in policies else {}
@@ -176,7 +176,7 @@ _OFFLINE = ("belady", "oracle_admission")  # the offline references' keys in the
 
 def _replay_cost(name: str) -> float:
     """A replay's relative cost (1: one policy structure), for ordering the jobs."""
-    from tiers.policy import POLICIES
+    from tiers.registry import POLICIES
 
     return getattr(POLICIES.get(name), "REPLAY_COST", 1)
 

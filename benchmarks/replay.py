@@ -54,7 +54,8 @@ def replay(
     if longest > sum(t.capacity_bytes for t in tiers):
         raise ValueError(f"a request of {longest} B does not fit in the store's "
                          f"{sum(t.capacity_bytes for t in tiers)} B; give it more capacity")
-    store = TieredStore([MetadataTier(t.name, t.capacity_bytes) for t in tiers], policy=policy)
+    store = TieredStore([MetadataTier(t.name, t.capacity_bytes) for t in tiers], policy=policy,
+                        learn_inline=True)  # deterministic: the policy learns before the get and put
     hits = requested = 0
     for n, request in enumerate(blocks, 1):
         keys = [b.key for b in request]

@@ -22,7 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hbm-gb", type=float, help="GPU HBM tier size in GiB (CUDA only; default 0)")
     p.add_argument("--flash-dir", help="LMDB folder of the flash tier (default ./.kvtier/flash)")
     p.add_argument("--flash-gb", type=float, help="flash tier size in GiB (default 16; 0: none)")
-    p.add_argument("--policy", help="eviction policy (default: the store's default)")
+    p.add_argument("--policy", help="eviction policy: mq (default: recency within use-count classes; "
+                   "about 1.7x lru's memory per block), lru, slru, fifo, or adaptive (simulates six "
+                   "shadow caches to choose an order: about 18x lru's memory per block and 10x its "
+                   "CPU; its learning runs off the store's lock); see docs/eviction.md")
     p.add_argument("--admin-token", help="token REST mutations need (or KVTIER_ADMIN_TOKEN)")
     p.add_argument("--page-kb", type=int, help="DRAM/HBM page size in KiB (default 64)")
     p.add_argument("--max-frame-mb", type=int, help="largest data-plane frame body (default 256)")

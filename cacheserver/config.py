@@ -32,7 +32,7 @@ class ServeConfig:
     hbm_gb: float = 0.0  # needs CUDA
     flash_dir: str = "./.kvtier/flash"
     flash_gb: float = 16.0  # 0: no flash tier (nothing survives a restart)
-    policy: str = "default"
+    policy: str = "default"  # tiers.registry.DEFAULT_POLICY (mq); "adaptive" simulates, at ~18x the memory
     admin_token: str = ""  # mutations over REST need it when set
     page_kb: int = 64  # DRAM/HBM page size
     max_frame_mb: int = 256  # largest data-plane frame body
@@ -62,7 +62,7 @@ class ServeConfig:
             raise ValueError(f"inject_delay_ms must be 0-60000, got {self.inject_delay_ms}")
         if not 0 <= self.inject_garbage <= 1:
             raise ValueError(f"inject_garbage is a share of replies, 0-1, got {self.inject_garbage}")
-        from tiers.policy import make_policy
+        from tiers.registry import make_policy
 
         make_policy(self.policy)  # ValueError naming the known policies
 

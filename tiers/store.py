@@ -13,7 +13,10 @@ Tiers are ordered fastest first (HBM, DRAM, flash). The store owns the index (ke
   go first; a block with children is dropped only when no leaf can make room.
 - Pinned blocks are out of their tier's policy, so nothing evicts them.
 
-All public methods take one lock, so the store is safe to share between threads.
+All public methods take one lock, so the store is safe to share between threads. What a
+policy learns from lookups beyond O(keys) (``EvictionPolicy.learn``) runs off that lock:
+in a background thread, or inline after each lookup with ``learn_inline`` (deterministic,
+for replays).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from tiers.base import (
     TierWriteError,
     UnknownBlockError,
 )
-from tiers.policy import LEAF_SCAN_LIMIT, EvictionPolicy, leaves_first, make_policy
+from tiers.policy import EvictionPolicy
+from tiers.registry import make_policy
+from tiers.victims import LEAF_SCAN_LIMIT, leaves_first
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,7 @@ class TieredStore:
         policy: str = "default",
         write_through: bool = False,
         promote_on_read: bool = True,
+        learn_inline: bool = False,
     ):
         if not tiers:
             raise ValueError("a store needs at least one tier")
@@ -132,6 +138,13 @@ class TieredStore:
         self._moving: set[bytes] = set()  # blocks on their way up: no cascade may evict them
         self._held: Counter[bytes] = Counter()  # located blocks being sent from their slab
         self._rebuild()
+        self._learners = [s.policy for s in self._tiers if s.policy.learns]
+        self._learn_inline = learn_inline
+        self._observed = threading.Event()  # a lookup gave the learners something to learn
+        self._learner: threading.Thread | None = None
+        if self._learners and not learn_inline:
+            self._learner = threading.Thread(target=self._learn_loop, name="kvtier-policy-learn", daemon=True)
+            self._learner.start()
 
     # -- queries ------------------------------------------------------------------------
 
@@ -167,7 +180,7 @@ class TieredStore:
         ``len(result)`` is the number of cached leading blocks. Counts nothing and touches
         nothing: a lookup is a question, the ``get`` that follows is the use. Each tier's
         policy is told the question (``observe``): a lookup is how the store learns where
-        a request begins, which adaptive policies replay in their shadow caches.
+        a request begins, which adaptive policies replay in their shadow caches (``learn``).
         """
         keys = list(keys)
         out = []
@@ -179,7 +192,24 @@ class TieredStore:
                 if meta is None:
                     break
                 out.append(self._tiers[_top(meta.tiers)].tier.name)
+        if self._learn_inline:
+            self.learn()
+        elif self._learner is not None:
+            self._observed.set()
         return out
+
+    def learn(self) -> None:
+        """Let the policies learn what the lookups so far showed them, off the store's lock."""
+        for policy in self._learners:
+            policy.learn()
+
+    def _learn_loop(self) -> None:
+        while True:
+            self._observed.wait()
+            self._observed.clear()
+            if self._closed:
+                return
+            self.learn()
 
     def sizes(self, keys: Iterable[bytes]) -> list[int]:
         """Payload size of each key, -1 where absent (to size a buffer for ``get_into``)."""
@@ -791,6 +821,9 @@ class TieredStore:
                 self.persist()
             for s in self._tiers:
                 s.tier.close()
+        if self._learner is not None:
+            self._observed.set()
+            self._learner.join()
 
     # -- counters -----------------------------------------------------------------------
 
@@ -806,6 +839,7 @@ class TieredStore:
                     "pinned_blocks": s.pinned,
                     "write_problem": s.write_problem,
                     **vars(s.counters),
+                    "policy_stats": s.policy.stats(),
                 })
             return {
                 "blocks": len(self._index),

@@ -6,7 +6,7 @@ from benchmarks.belady import belady_hit_rate, oracle_admission_hit_rate
 from benchmarks.replay import TierSpec, replay, request_blocks
 from benchmarks.synthetic import WORKLOADS, generate
 from benchmarks.traces import Request, distinct_blocks, unlimited_hit_rate
-from tiers.policy import POLICIES
+from tiers.registry import POLICIES
 
 
 def reference_lru(requests: list[Request], capacity: int) -> float:

@@ -29,16 +29,17 @@ def one(name: str) -> Block:
 
 @pytest.fixture
 def make_store(tmp_path):
-    """A store with a DRAM tier of ``dram`` blocks and, if ``flash`` blocks > 0, a flash tier."""
+    """A store with a DRAM tier of ``dram`` blocks and, if ``flash`` blocks > 0, a flash tier,
+    evicting by ``policy`` (each test names the one it relies on)."""
     stores = []
 
-    def build(dram: int = 3, flash: int = 0, folder: str = "flash", **kwargs) -> TieredStore:
+    def build(*, policy: str, dram: int = 3, flash: int = 0, folder: str = "flash", **kwargs) -> TieredStore:
         tiers = [dram_tier(dram * PAGE, PAGE)]
         if flash:
             tiers.append(FlashTier(str(tmp_path / folder), flash * 4096 + flash * 64,
                                    map_size=kwargs.pop("map_size", None),
                                    max_map_size=kwargs.pop("max_map_size", None)))
-        store = TieredStore(tiers, **kwargs)
+        store = TieredStore(tiers, policy=policy, **kwargs)
         stores.append(store)
         return store
 

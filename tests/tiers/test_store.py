@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 
@@ -13,7 +14,7 @@ def keys_of(blocks):
 
 
 def test_put_get_lookup_roundtrip(make_store):
-    store = make_store(dram=8)
+    store = make_store(policy="lru", dram=8)
     blocks = chain("a", 4)
     assert store.put(blocks) == 4
     assert store.put(blocks) == 0  # present: only touched
@@ -23,7 +24,7 @@ def test_put_get_lookup_roundtrip(make_store):
 
 
 def test_lookup_stops_at_first_missing(make_store):
-    store = make_store(dram=8)
+    store = make_store(policy="lru", dram=8)
     blocks = chain("a", 4)
     store.put([blocks[0], blocks[1], blocks[3]])
     assert store.lookup(keys_of(blocks)) == ["dram", "dram"]
@@ -31,7 +32,7 @@ def test_lookup_stops_at_first_missing(make_store):
 
 
 def test_lru_eviction_order_is_exact(make_store):
-    store = make_store(dram=3)
+    store = make_store(policy="lru", dram=3)
     a, b, c, d, e = (one(n) for n in "abcde")
     store.put([a])
     store.put([b])
@@ -46,7 +47,7 @@ def test_lru_eviction_order_is_exact(make_store):
 
 
 def test_chain_put_evicts_its_leaf_before_its_root(make_store):
-    store = make_store(dram=3)
+    store = make_store(policy="lru", dram=3)
     root, mid, leaf = chain("c", 3)
     store.put([root, mid, leaf])
     store.put([one("x")])
@@ -55,7 +56,7 @@ def test_chain_put_evicts_its_leaf_before_its_root(make_store):
 
 
 def test_eviction_skips_blocks_with_children(make_store):
-    store = make_store(dram=3)
+    store = make_store(policy="lru", dram=3)
     c0, c1, c2 = chain("c", 3)
     store.put([c0, c1])
     store.put([c2])  # the extension is now the most recent block; c1, c0 are older
@@ -66,7 +67,7 @@ def test_eviction_skips_blocks_with_children(make_store):
 
 
 def test_a_batch_eviction_takes_the_oldest_chains_tail_not_a_leaf_from_each_chain(make_store):
-    store = make_store(dram=9)
+    store = make_store(policy="lru", dram=9)
     old, mid, new = chain("old", 3), chain("mid", 3), chain("new", 3)
     for c in (old, mid, new):  # least recent first
         store.put(c)
@@ -78,7 +79,7 @@ def test_a_batch_eviction_takes_the_oldest_chains_tail_not_a_leaf_from_each_chai
 
 
 def test_eviction_demotes_and_read_promotes(make_store):
-    store = make_store(dram=2, flash=8)
+    store = make_store(policy="lru", dram=2, flash=8)
     a, b, c = one("a"), one("b"), one("c")
     store.put([a])
     store.put([b])
@@ -94,7 +95,7 @@ def test_eviction_demotes_and_read_promotes(make_store):
 
 
 def test_promotion_cascade_never_evicts_the_promoted_block(make_store):
-    store = make_store(dram=1, flash=1)
+    store = make_store(policy="lru", dram=1, flash=1)
     a, b = one("a"), one("b")
     store.put([a])
     store.put([b])  # a demoted to flash, which is now full
@@ -106,7 +107,7 @@ def test_promotion_cascade_never_evicts_the_promoted_block(make_store):
 
 
 def test_get_into_copies_into_the_arena(make_store):
-    store = make_store(dram=2, flash=4)
+    store = make_store(policy="lru", dram=2, flash=4)
     blocks = chain("g", 3)
     store.put(blocks)
     arena = bytearray(2 * BLOCK + 10)
@@ -118,14 +119,14 @@ def test_get_into_copies_into_the_arena(make_store):
 
 
 def test_write_through_puts_in_both_tiers(make_store):
-    store = make_store(dram=4, flash=4, write_through=True)
+    store = make_store(policy="lru", dram=4, flash=4, write_through=True)
     blocks = chain("w", 2)
     store.put(blocks)
     assert [store.info(k)["tiers"] for k in keys_of(blocks)] == [["dram", "flash"]] * 2
 
 
 def test_drop_from_last_tier(make_store):
-    store = make_store(dram=1, flash=1)
+    store = make_store(policy="lru", dram=1, flash=1)
     a, b, c = one("a"), one("b"), one("c")
     for blk in (a, b, c):
         store.put([blk])
@@ -134,7 +135,7 @@ def test_drop_from_last_tier(make_store):
 
 
 def test_pinned_block_is_never_evicted_and_full_of_pins_is_an_error(make_store):
-    store = make_store(dram=2)
+    store = make_store(policy="lru", dram=2)
     a, b, c = one("a"), one("b"), one("c")
     store.put([a, b])
     assert store.pin([a.key, b.key]) == 2
@@ -149,7 +150,7 @@ def test_pinned_block_is_never_evicted_and_full_of_pins_is_an_error(make_store):
 
 
 def test_pin_copies_into_the_named_tier(make_store):
-    store = make_store(dram=1, flash=4)
+    store = make_store(policy="lru", dram=1, flash=4)
     a, b = one("a"), one("b")
     store.put([a])
     store.put([b])  # a demoted to flash
@@ -167,7 +168,7 @@ def test_pin_ttl_lapses(make_store, monkeypatch):
 
     now = [1000.0]
     monkeypatch.setattr(store_module.time, "monotonic", lambda: now[0])
-    store = make_store(dram=1)
+    store = make_store(policy="lru", dram=1)
     a, b = one("a"), one("b")
     store.put([a])
     store.pin([a.key], ttl=5)
@@ -179,7 +180,7 @@ def test_pin_ttl_lapses(make_store, monkeypatch):
 
 
 def test_bad_input_changes_nothing(make_store):
-    store = make_store(dram=2)
+    store = make_store(policy="lru", dram=2)
     a = one("a")
     store.put([a])
     with pytest.raises(PayloadSizeError, match="out of range"):
@@ -194,7 +195,7 @@ def test_bad_input_changes_nothing(make_store):
 
 
 def test_delete_and_clear(make_store):
-    store = make_store(dram=4, flash=4)
+    store = make_store(policy="lru", dram=4, flash=4)
     blocks = chain("d", 3)
     store.put(blocks)
     store.pin([blocks[0].key])
@@ -207,11 +208,11 @@ def test_delete_and_clear(make_store):
 
 
 def test_restart_finds_flash_blocks(make_store):
-    store = make_store(dram=2, flash=8, folder="persist")
+    store = make_store(policy="lru", dram=2, flash=8, folder="persist")
     blocks = chain("r", 5)
     store.put(blocks)
     store.close()  # persists what only DRAM held
-    again = make_store(dram=2, flash=8, folder="persist")
+    again = make_store(policy="lru", dram=2, flash=8, folder="persist")
     assert again.lookup(keys_of(blocks)) == ["flash"] * 5
     assert again.get(keys_of(blocks)) == [b.payload for b in blocks]
     assert again.info(blocks[1].key)["children"] == 1
@@ -219,7 +220,7 @@ def test_restart_finds_flash_blocks(make_store):
 
 
 def test_flipped_byte_is_a_miss_and_is_deleted(make_store, tmp_path):
-    store = make_store(dram=1, flash=4, folder="corrupt")
+    store = make_store(policy="lru", dram=1, flash=4, folder="corrupt")
     a = make_block(one("a").key, one("p").key, 0, b"\xab" * 600 + b"\xcd" * 400)
     store.put([a])
     store.close()
@@ -229,7 +230,7 @@ def test_flipped_byte_is_a_miss_and_is_deleted(make_store, tmp_path):
     assert at > 0
     raw[at + 100] ^= 0x01
     data.write_bytes(bytes(raw))
-    again = make_store(dram=1, flash=4, folder="corrupt")
+    again = make_store(policy="lru", dram=1, flash=4, folder="corrupt")
     assert again.lookup([a.key]) == ["flash"]
     assert again.get([a.key]) == [None]
     assert a.key not in again
@@ -239,7 +240,7 @@ def test_flipped_byte_is_a_miss_and_is_deleted(make_store, tmp_path):
 
 def test_full_lmdb_map_means_eviction_not_errors(make_store):
     # Counted capacity far above what the map may grow to: LMDB fills first.
-    store = make_store(dram=1, flash=4096, map_size=1 << 20, max_map_size=2 << 20)
+    store = make_store(policy="lru", dram=1, flash=4096, map_size=1 << 20, max_map_size=2 << 20)
     blocks = [one(f"m{i}") for i in range(2000)]
     for blk in blocks:
         store.put([blk])
@@ -250,7 +251,7 @@ def test_full_lmdb_map_means_eviction_not_errors(make_store):
 
 
 def test_many_threads_put_and_get(make_store):
-    store = make_store(dram=16, flash=64)
+    store = make_store(policy="lru", dram=16, flash=64)
     errors = []
 
     def worker(t):
@@ -285,7 +286,7 @@ def test_many_threads_put_and_get(make_store):
 
 
 def test_metadata_only_mode_counts_sizes_without_bytes():
-    store = TieredStore([MetadataTier("dram", 3 * BLOCK), MetadataTier("flash", 10 * BLOCK)])
+    store = TieredStore([MetadataTier("dram", 3 * BLOCK), MetadataTier("flash", 10 * BLOCK)], policy="lru")
     blocks = [Block(b.key, b.parent, b.depth, None, BLOCK) for b in chain("m", 6)]
     store.put(blocks)
     # A batch never evicts its own blocks: the first three fill DRAM, the rest go below.
@@ -296,7 +297,7 @@ def test_metadata_only_mode_counts_sizes_without_bytes():
 
 
 def test_listing_filters(make_store):
-    store = make_store(dram=2, flash=4)
+    store = make_store(policy="lru", dram=2, flash=4)
     a, b, c = one("a"), one("b"), one("c")
     for blk in (a, b, c):
         store.put([blk])
@@ -307,7 +308,7 @@ def test_listing_filters(make_store):
 
 
 def test_put_never_evicts_blocks_of_its_own_batch(make_store):
-    store = make_store(dram=4)
+    store = make_store(policy="lru", dram=4)
     a, b = one("a"), one("b")
     store.put([a, b])
     store.pin([a.key, b.key])
@@ -320,8 +321,48 @@ def test_put_never_evicts_blocks_of_its_own_batch(make_store):
 
 
 def test_a_batch_larger_than_the_store_keeps_its_head(make_store):
-    store = make_store(dram=3)
+    store = make_store(policy="lru", dram=3)
     blocks = chain("long", 5)
     assert store.put(blocks) == 3
     assert store.lookup(keys_of(blocks)) == ["dram"] * 3
     assert store.stats()["oversize"] == 2
+
+
+def test_a_policy_learns_in_a_background_thread_without_the_store_lock(make_store, monkeypatch):
+    from tiers.policy import LRUPolicy
+    from tiers.registry import POLICIES
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowLearner(LRUPolicy):
+        learns = True
+
+        def learn(self) -> None:
+            entered.set()
+            release.wait(10)
+
+    monkeypatch.setitem(POLICIES, "slow-learner", SlowLearner)
+    store = make_store(policy="slow-learner", dram=8)
+    blocks = chain("a", 4)
+    store.lookup(keys_of(blocks))
+    assert entered.wait(10)
+    # the learner is stuck in learn(): every operation still goes through
+    assert store.put(blocks) == 4 and store.lookup(keys_of(blocks)) == ["dram"] * 4
+    assert store.get(keys_of(blocks)) == [b.payload for b in blocks]
+    assert not release.is_set()
+    release.set()
+
+
+def test_adaptive_in_a_store_replays_each_looked_up_request_once(make_store):
+    inline = make_store(policy="adaptive", dram=8, learn_inline=True)
+    background = make_store(policy="adaptive", dram=8)
+    requests = [chain("a", 2), chain("b", 3), chain("a", 4), chain("c", 1)]
+    for store in (inline, background):
+        for blocks in requests:
+            store.lookup(keys_of(blocks))
+            store.put(blocks)
+    assert inline.stats()["tiers"][0]["policy_stats"]["replays"] == 3  # the first had nothing before it
+    deadline = time.monotonic() + 10
+    while background.stats()["tiers"][0]["policy_stats"]["replays"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert background.stats()["tiers"][0]["policy_stats"] == inline.stats()["tiers"][0]["policy_stats"]

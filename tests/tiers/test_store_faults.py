@@ -21,13 +21,13 @@ from tiers.store import NotDurableError, TieredStore
 
 @pytest.fixture
 def two_tiers(tmp_path):
-    """``build(dram, flash, **store_settings)``: a store of ``dram`` and ``flash`` blocks,
-    and its flash tier."""
+    """``build(policy=..., dram=..., flash=..., **store_settings)``: a store of ``dram`` and
+    ``flash`` blocks evicting by ``policy``, and its flash tier."""
     stores = []
 
-    def build(dram: int, flash: int, **settings) -> tuple[TieredStore, FlashTier]:
+    def build(*, policy: str, dram: int, flash: int, **settings) -> tuple[TieredStore, FlashTier]:
         tier = FlashTier(str(tmp_path / f"flash{len(stores)}"), flash * 4096 + flash * 64)
-        store = TieredStore([dram_tier(dram * PAGE, PAGE), tier], **settings)
+        store = TieredStore([dram_tier(dram * PAGE, PAGE), tier], policy=policy, **settings)
         stores.append(store)
         return store, tier
 
@@ -55,7 +55,7 @@ def flash_stats(store: TieredStore) -> dict:
 
 
 def test_evictions_and_deletes_on_a_broken_flash_degrade_and_finish_after_it_heals(two_tiers):
-    store, flash = two_tiers(dram=2, flash=2)
+    store, flash = two_tiers(policy="lru", dram=2, flash=2)
     a, b, c, d, e, f = (one(n) for n in "abcdef")
     for blk in (a, b, c, d):
         store.put([blk])
@@ -80,7 +80,7 @@ def test_evictions_and_deletes_on_a_broken_flash_degrade_and_finish_after_it_hea
 
 
 def test_a_block_written_again_is_spared_by_the_deletes_owed(two_tiers):
-    store, flash = two_tiers(dram=4, flash=4, write_through=True)
+    store, flash = two_tiers(policy="lru", dram=4, flash=4, write_through=True)
     a = one("a")
     store.put([a])
     break_writes(flash)
@@ -91,7 +91,7 @@ def test_a_block_written_again_is_spared_by_the_deletes_owed(two_tiers):
 
 
 def test_durable_mode_refuses_a_put_flash_did_not_take(two_tiers):
-    store, flash = two_tiers(dram=4, flash=4, write_through=True)
+    store, flash = two_tiers(policy="lru", dram=4, flash=4, write_through=True)
     blocks = chain("w", 2)
     break_writes(flash)
     with pytest.raises(NotDurableError, match=r"2 of 2 blocks were not stored.*File too large"):
@@ -105,7 +105,7 @@ def test_durable_mode_refuses_a_put_flash_did_not_take(two_tiers):
 
 
 def test_durable_mode_writes_a_held_block_through_again(two_tiers):
-    store, flash = two_tiers(dram=4, flash=2, write_through=True)
+    store, flash = two_tiers(policy="lru", dram=4, flash=2, write_through=True)
     a, b, c = one("a"), one("b"), one("c")
     for blk in (a, b, c):
         store.put([blk])
@@ -115,7 +115,7 @@ def test_durable_mode_writes_a_held_block_through_again(two_tiers):
 
 
 def test_durable_mode_without_a_persistent_tier_refuses_every_put():
-    store = TieredStore([dram_tier(4 * PAGE, PAGE)], write_through=True)
+    store = TieredStore([dram_tier(4 * PAGE, PAGE)], policy="lru", write_through=True)
     with pytest.raises(NotDurableError, match="no persistent tier"):
         store.put([one("a")])
     assert len(store) == 0
