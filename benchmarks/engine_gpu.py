@@ -157,10 +157,11 @@ def references(args: argparse.Namespace, device: str, dtype: Any, sync) -> dict[
     import torch
 
     size = args.matmul_size or (8192 if device.startswith("cuda") else 1024)
-    rate = matmul_rate(dtype, args.repeats, size, device, sync)
+    repeats = max(args.repeats, 10)  # milliseconds each: more runs cost nothing and steady the clocks
+    rate = matmul_rate(dtype, repeats, size, device, sync)
     src = torch.empty(args.copy_mib << 20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    copy_s = median_time(lambda: dst.copy_(src), args.repeats, sync)
+    copy_s = median_time(lambda: dst.copy_(src), repeats, sync)
     return {"matmul_size": size, "matmul_tflops": rate / 1e12, "copy_gbps": 2 * src.numel() / copy_s / 1e9}
 
 
@@ -182,9 +183,9 @@ def measure(systems: dict[str, Any], args: argparse.Namespace, save) -> tuple[di
         except Exception as e:  # a one-shot GPU run keeps our figures when transformers fails
             if "hf" not in turn:
                 raise
+            results = take_turns({"": systems[""]}, method, arg, args.repeats)  # raises if ours failed
             errors[name] = f"{type(e).__name__}: {e}"
             print(f"transformers failed at {name}: {errors[name]}", flush=True)
-            results = take_turns({"": systems[""]}, method, arg, args.repeats)
         for system, value in results.items():
             out[f"hf_{name}" if system == "hf" else name] = value
         print(f"  {name}: " + ", ".join(f"{s or 'kvtier'} {v:.4g}" for s, v in results.items()), flush=True)

@@ -82,3 +82,16 @@ def test_the_cpu_benchmark_stays_the_default_here(monkeypatch):
     unknown = build_parser().parse_args(["bench", "engine", "--device", "cpu", "--model-shape", "llama-9000"])
     with pytest.raises(ValueError, match="llama3-8b"):
         unknown.func(unknown)
+
+
+def test_a_figure_transformers_fails_is_recorded_and_ours_still_measured(monkeypatch, tmp_path):
+    from benchmarks.hf_reference import Transformers
+
+    def out_of_memory(self, batch):
+        raise MemoryError(f"no room for {batch}")
+
+    monkeypatch.setattr(Transformers, "decode_tps", out_of_memory)
+    r = bench(monkeypatch, tmp_path, "--prefill-lengths", "16")
+    assert r["hf_errors"] == {"decode_tps_b1": "MemoryError: no room for 1",
+                              "decode_tps_b32": "MemoryError: no room for 32"}
+    assert r["decode_tps_b32"] > 0 and "hf_decode_tps_b32" not in r and r["hf_prefill_tps_16"] > 0
