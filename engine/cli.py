@@ -25,9 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--model", help="GGUF file or Hugging Face folder (default: SmolLM2)")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    add_device_arguments(p)
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: its own)")
     p.set_defaults(func=run)
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--no-cuda-graphs``: where and how an engine computes."""
+    p.add_argument("--device", default="auto",
+                   help="auto (the first CUDA GPU if PyTorch sees one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights and KV dtype (auto: bfloat16 on GPUs and on CPUs with bfloat16 hardware)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="run decode steps eagerly on a GPU instead of replaying captured CUDA graphs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop),
     )
-    engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, kv_cache_gb=0.25))
+    engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
+                                    cuda_graphs=not args.no_cuda_graphs, kv_cache_gb=0.25))
     prompt: str | list[int] = args.prompt
     if args.chat:
         if engine.tokenizer is None:

@@ -73,3 +73,15 @@ def module_server(tmp_path_factory):
 def served(serve_factory) -> Served:
     """One server of its own for a test (10 MiB DRAM, 50 MiB flash, no admin token)."""
     return serve_factory()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped where PyTorch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -120,9 +120,13 @@ class Tokenizer:
         backend = Backend.from_file(str(path / "tokenizer.json"))
         cfg = _read_json(path / "tokenizer_config.json")
         gen = _read_json(path / "generation_config.json")
-        eos = gen.get("eos_token_id", backend.token_to_id(_token_text(cfg.get("eos_token"))))
+        def token_id(name: str) -> int | None:  # a folder may name no BOS (or EOS) token
+            text = _token_text(cfg.get(name))
+            return backend.token_to_id(text) if text is not None else None
+
+        eos = gen.get("eos_token_id", token_id("eos_token"))
         eos_ids = eos if isinstance(eos, list) else [eos]
-        bos = backend.token_to_id(_token_text(cfg.get("bos_token")))
+        bos = token_id("bos_token")
         return cls(
             backend=backend,
             bos_token_id=bos,

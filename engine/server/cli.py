@@ -6,6 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
+from engine.cli import add_device_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine", help="run an engine replica with an OpenAI-compatible API",
@@ -15,8 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: from the file)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="weights and KV dtype (auto: bfloat16 where the hardware multiplies it natively)")
+    add_device_arguments(p)
     p.add_argument("--kv-cache-gb", type=float, default=1.0, help="size of the paged KV pool (default 1)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in a batch (default 64)")
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from hashing.keys import read_secret
 
     path = resolve_model_path(args.model)
-    config = EngineConfig(model=str(path), dtype=args.dtype, block_size=args.block_size,
+    config = EngineConfig(model=str(path), dtype=args.dtype, device=args.device,
+                          cuda_graphs=not args.no_cuda_graphs, block_size=args.block_size,
                           kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens,
                           max_model_len=args.max_model_len, block_hash=args.block_hash,
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(AsyncEngine(engine), ServerConfig(name, args.default_max_tokens))
     cache = f", cache service {args.cache_url}" if args.cache_url else ", no cache service"
     cache += f", block hash {config.block_hash}{' with a secret' if config.hash_secret else ''}"
-    print(f"kvtier engine: {name} ({engine.dtype}, model_id {engine.model_id}, kv_layout "
+    print(f"kvtier engine: {name} ({engine.device}, {engine.dtype}, model_id {engine.model_id}, kv_layout "
           f"{engine.kv_layout}{cache}) on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)  # the CLI's logging setup
     return 0

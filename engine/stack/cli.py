@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=".kvtier", help="state and logs (default ./.kvtier)")
     p.add_argument("--model", help="GGUF file or Hugging Face folder (default: the bundled SmolLM2)")
     p.add_argument("--kv-cache-gb", type=float, default=1.0, help="each replica's KV pool (default 1)")
+    p.add_argument("--device", default="auto",
+                   help="every replica's device: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--dram-gb", type=float, default=2.0, help="cache service DRAM tier (default 2)")
     p.add_argument("--flash-gb", type=float, default=8.0, help="cache service flash tier (default 8)")
     p.add_argument("--pin-system-prompt", metavar="FILE",
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = StackConfig(
         host=args.host, port=args.port, replicas=args.replicas, data_dir=args.data_dir, model=args.model,
-        kv_cache_gb=args.kv_cache_gb, dram_gb=args.dram_gb, flash_gb=args.flash_gb,
+        kv_cache_gb=args.kv_cache_gb, device=args.device, dram_gb=args.dram_gb, flash_gb=args.flash_gb,
         pin_system_prompt=args.pin_system_prompt, block_hash=args.block_hash,
         hash_secret_file=args.hash_secret_file,
     )

@@ -33,6 +33,7 @@ class StackConfig:
     data_dir: str = ".kvtier"
     model: str | None = None
     kv_cache_gb: float = 1.0
+    device: str = "auto"  # every replica's (--device of kvtier engine)
     dram_gb: float = 2.0
     flash_gb: float = 8.0
     pin_system_prompt: str | None = None  # a file each replica prefills and pins at start
@@ -84,7 +85,7 @@ class Stack:
         for i in range(c.replicas):
             port = free_port(c.host)
             args = ["engine", "--host", c.host, "--port", str(port), "--kv-cache-gb", str(c.kv_cache_gb),
-                    "--cache-url", cache_url]
+                    "--device", c.device, "--cache-url", cache_url]
             if c.model:
                 args += ["--model", c.model]
             if c.pin_system_prompt:

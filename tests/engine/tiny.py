@@ -57,3 +57,27 @@ def write_hf_folder(path: Path, config: ModelConfig, model_type: str, seed: int 
     (path / "config.json").write_text(json.dumps(hf_config_dict(config, model_type)))
     save_file(tiny_weights(config, seed), str(path / "model.safetensors"))
     return path
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_chat_model(path: Path, config: ModelConfig, seed: int = 0) -> Path:
+    """A Hugging Face folder a chat server can serve with no download: random weights and a
+    byte-level tokenizer (256 byte tokens, then ``<|im_start|>`` and ``<|im_end|>``, the EOS)
+    with a ChatML template. ``config.vocab_size`` must be 258."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    if config.vocab_size != 258:
+        raise ValueError(f"a byte-level chat model has 258 tokens, not {config.vocab_size}")
+    write_hf_folder(path, config, "llama", seed)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>",
+                                                            "chat_template": CHAT_TEMPLATE}))
+    return path

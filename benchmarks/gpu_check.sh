@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The GPU checks in one run (`make gpu-check`): the tests marked gpu, then the engine
+# benchmark on the Llama-3-8B shape with random weights, with and without decode CUDA
+# graphs. Logs and JSON go to benchmarks/results/gpu/. Usage: gpu_check.sh [PYTHON]
+set -uo pipefail
+py=${1:-python3}
+out=benchmarks/results/gpu
+mkdir -p "$out"
+status=0
+"$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee "$out/device.txt" || status=1
+"$py" -m pytest -m gpu -v -p no:cacheprovider tests/engine/test_gpu.py tests/tiers/test_slab.py 2>&1 \
+  | tee "$out/pytest.log" || status=1
+"$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --max-seconds 300 \
+  --json "$out/engine-llama3-8b.json" 2>&1 | tee "$out/engine-llama3-8b.log" || status=1
+# What the decode graphs give: the same decode figures with every step eager.
+"$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --no-cuda-graphs --no-hf \
+  --prefill-lengths 512 --batches 1,8,32 --max-seconds 120 \
+  --json "$out/engine-llama3-8b-eager.json" 2>&1 | tee "$out/engine-llama3-8b-eager.log" || status=1
+exit $status
