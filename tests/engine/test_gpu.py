@@ -1,6 +1,6 @@
 """The engine on a CUDA GPU against the engine on the CPU, on random-weight models.
 
-Skipped without CUDA (``gpu`` marker). ``make gpu-check`` runs these on a GPU machine.
+Tests marked ``gpu`` are skipped without CUDA; ``make gpu-check`` runs them on a GPU machine.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from engine.runtime.llm_engine import LLMEngine
 from engine.runtime.sampling_params import SamplingParams
 from tests.engine.tiny import TINY, tiny_checkpoint, write_chat_model
 
-pytestmark = pytest.mark.gpu
-
 # Big enough for real kernels (head_dim 64, 4 query heads per KV head), small enough to be quick.
 SMALL = replace(TINY, vocab_size=258, hidden_size=256, intermediate_size=512, num_layers=3, num_heads=8,
                 num_kv_heads=2, head_dim=64, max_position=1024)
@@ -43,6 +41,7 @@ def greedy(engine: LLMEngine, n: int = 24) -> list:
     return engine.generate(PROMPTS, SamplingParams(max_tokens=n, temperature=0, logprobs=3, ignore_eos=True))
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("config", [SMALL, GROUP3], ids=["group4", "group3"])
 def test_cuda_float32_matches_cpu(config):
     """Same greedy tokens through chunked prefill, a prefix hit and graph-replayed decodes;
@@ -61,6 +60,7 @@ def test_cuda_float32_matches_cpu(config):
     assert diff < 1e-3
 
 
+@pytest.mark.gpu
 def test_cuda_bfloat16_close_to_cpu_float32():
     """bfloat16 on the GPU tracks float32 on the CPU within bfloat16's precision."""
     ref = engine_on("cpu").score(list(range(3, 300)))
@@ -72,6 +72,7 @@ def test_cuda_bfloat16_close_to_cpu_float32():
     assert agree > 0.9
 
 
+@pytest.mark.gpu
 def test_cuda_graphs_match_eager():
     """Decode steps replayed from CUDA graphs give what eager steps give."""
     graphs = engine_on("cuda", dtype="bfloat16")
@@ -83,6 +84,7 @@ def test_cuda_graphs_match_eager():
             assert all(abs(la[t] - lb[t]) < 0.05 for t in la.keys() & lb.keys())
 
 
+@pytest.mark.gpu
 def test_seeded_sampling_on_cuda_is_reproducible():
     gpu = engine_on("cuda", dtype="bfloat16")
     params = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
@@ -91,6 +93,7 @@ def test_seeded_sampling_on_cuda_is_reproducible():
     assert [o.token_ids for o in first] == [o.token_ids for o in again]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(32, 8, 16), (9, 3, 16), (4, 2, 4)])
 def test_paged_kernel_matches_reference(dtype, heads, kv_heads, block_size):
@@ -131,16 +134,17 @@ def test_paged_kernel_matches_reference(dtype, heads, kv_heads, block_size):
     assert not out[q_starts[2] : q_starts[2] + q_lens[2]].any()
 
 
-def test_openai_client_against_kvtier_engine_on_cuda(tmp_path):
-    """``kvtier engine --device cuda`` answers the official client, streamed and not, and
-    a second turn reuses the first one's blocks (``cached_tokens``)."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_openai_client_against_kvtier_engine(tmp_path, device):
+    """``kvtier engine --device ...`` on a Hugging Face folder answers the official client,
+    streamed and not, and the second request reuses the first one's blocks."""
     openai = pytest.importorskip("openai")
     model = write_chat_model(tmp_path / "model", SMALL)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     log = (tmp_path / "engine.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "engine", "--model", str(model),
-                             "--device", "cuda", "--port", str(port), "--kv-cache-gb", "0.05"],
+                             "--device", device, "--port", str(port), "--kv-cache-gb", "0.05"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -156,10 +160,10 @@ def test_openai_client_against_kvtier_engine_on_cuda(tmp_path):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
         messages = [{"role": "system", "content": "You are a helpful assistant who answers briefly. " * 3},
                     {"role": "user", "content": "Say something."}]
-        first = client.chat.completions.create(model="m", messages=messages, max_tokens=8, temperature=0)
+        first = client.chat.completions.create(model="model", messages=messages, max_tokens=8, temperature=0)
         assert first.choices[0].message.content is not None
         assert first.usage.completion_tokens > 0
-        stream = client.chat.completions.create(model="m", messages=messages, max_tokens=8, temperature=0,
+        stream = client.chat.completions.create(model="model", messages=messages, max_tokens=8, temperature=0,
                                                 stream=True, stream_options={"include_usage": True})
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
