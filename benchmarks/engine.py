@@ -12,6 +12,9 @@ matrix product in the same dtype on this machine.
 Every figure is the median of ``--repeats`` runs after a warm-up round; the three
 systems take turns run by run, so a noisy neighbour hurts them alike. JSON fields: those
 of the ``auto`` dtype as named, float32's with a ``_fp32`` suffix.
+
+On CUDA, or with ``--model-shape``, the benchmark is ``engine_gpu``'s instead: a model of
+real size with random weights, beside transformers on the same tensors.
 """
 
 from __future__ import annotations

@@ -251,8 +251,8 @@ def print_table(r: dict[str, Any], args: argparse.Namespace) -> None:
     nan = float("nan")
     print(f"\n{r['model_shape']} on {r['device_name']}, {r['dtype']}; torch {r['torch']}, "
           f"transformers {r.get('transformers')}")
-    print(f"matmul {r['matmul_tflops']:.1f} TFLOP/s, copy {r['copy_gbps']:.0f} GB/s, "
-          f"weights read per token {r['weight_bytes_per_token'] / 1e9:.2f} GB")
+    print(f"matmul {r['matmul_tflops']:.3g} TFLOP/s, copy {r['copy_gbps']:.4g} GB/s, "
+          f"weights read per token {r['weight_bytes_per_token'] / 1e9:.3g} GB")
     print(f"{'':36s} {'kvtier':>12s} {'transformers':>13s} {'limit':>12s}")
     rows = [(f"prefill tok/s @{n}", f"prefill_tps_{n}", r[f"roofline_prefill_tps_{n}"])
             for n in args.prefill_lengths]
