@@ -51,12 +51,13 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from engine.cli import add_device_arguments
+
+    add_device_arguments(parser)
     g = parser.add_argument_group("model shapes (the GPU benchmark; also runs on the CPU)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--model-shape", metavar="NAME",
                    help="random weights of this shape: llama3-8b, llama3.2-1b, qwen2.5-7b, smollm2-135m "
                         "(default on CUDA: llama3-8b)")
-    g.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA), bfloat16, float16, float32")
     g.add_argument("--prefill-lengths", type=int_list, default=(512, 2048, 8192), metavar="N,N")
     g.add_argument("--cached-prefix", type=int, default=2048, metavar="N")
     g.add_argument("--new-tokens", type=int, default=64, metavar="N")
@@ -100,8 +101,9 @@ class Ours:
         self.max_tokens = args.decode_steps + 2 + prefill_steps
         per_seq = -(-(args.prompt_tokens + self.max_tokens) // block)
         num_blocks = max(-(-longest // block) + 1, batch * per_seq) + 64
-        self.config = EngineConfig(device=device, dtype=args.dtype, block_size=block, num_blocks=num_blocks,
-                                   max_num_seqs=batch, max_num_batched_tokens=longest)
+        self.config = EngineConfig(device=device, dtype=args.dtype, cuda_graphs=not args.no_cuda_graphs,
+                                   block_size=block, num_blocks=num_blocks, max_num_seqs=batch,
+                                   max_num_batched_tokens=longest)
         self.engine = LLMEngine(self.config, checkpoint)
         self.args, self.sync, self.vocab = args, sync, checkpoint.config.vocab_size
         self.prefix = random_ids(args.cached_prefix, 7, self.vocab)

@@ -31,6 +31,7 @@ def test_every_figure_beside_transformers_and_the_limits(monkeypatch, tmp_path):
     assert r["model_shape"] == "test-tiny" and r["model_id"] == "random:test-tiny:seed0"
     assert r["device"] == "cpu" and r["dtype"] == "float32" and r["hf_attn_implementation"] == "sdpa"
     assert r["engine_config"]["device"] == "cpu" and r["engine_config"]["max_num_seqs"] == 32
+    assert r["engine_config"]["cuda_graphs"] is True
     assert r["settings"]["batches"] == [1, 32] and r["settings"]["prefill_lengths"] == [16, 2048]
     for key in ("torch", "transformers", "device_name", "matmul_tflops", "copy_gbps", "num_parameters",
                 "weight_bytes", "weight_bytes_per_token", "decode_limit_tps_b1", "seconds"):
@@ -68,7 +69,8 @@ def test_no_figure_starts_after_max_seconds(monkeypatch, tmp_path):
 
 
 def test_hf_max_batch_leaves_transformers_out_of_larger_batches(monkeypatch, tmp_path):
-    r = bench(monkeypatch, tmp_path, "--hf-max-batch", "8", "--prefill-lengths", "16")
+    r = bench(monkeypatch, tmp_path, "--hf-max-batch", "8", "--prefill-lengths", "16", "--no-cuda-graphs")
+    assert r["engine_config"]["cuda_graphs"] is False
     assert "hf_decode_tps_b1" in r and "hf_decode_tps_b32" not in r and r["decode_tps_b32"] > 0
     assert "decode_b32_vs_hf" not in r["ratios"] and r["targets"]["prefill_vs_hf_2048"]["value"] is None
 
