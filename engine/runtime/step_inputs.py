@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.model.attention import AttentionMetadata, PrefillChunk
@@ -104,11 +105,12 @@ def host_inputs(
         decode_width=max((len(t) for t in tables[:num_decodes]), default=0),
         prefills=tuple(prefills), max_paged_q_len=max((q_lens[j] for j in paged), default=0),
     )
-    flat = [*ids, *positions, *blocks, *offsets, *q_starts, *q_lens, *ctx_lens, *paged, *logit_rows]
-    for t in tables:
-        flat += t
-        flat += [0] * (width - len(t))
-    return torch.tensor(flat, dtype=torch.int64), layout
+    head = np.array([*ids, *positions, *blocks, *offsets, *q_starts, *q_lens, *ctx_lens, *paged, *logit_rows],
+                    dtype=np.int64)
+    padded = np.zeros((len(tables), width), dtype=np.int64)  # [N, W]
+    for i, table in enumerate(tables):
+        padded[i, : len(table)] = table
+    return torch.from_numpy(np.concatenate([head, padded.ravel()])), layout
 
 
 def step_inputs(buffer: torch.Tensor, layout: StepLayout) -> StepInputs:
