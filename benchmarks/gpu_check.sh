@@ -8,12 +8,12 @@ out=benchmarks/results/gpu
 mkdir -p "$out"
 status=0
 "$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee "$out/device.txt" || status=1
-"$py" -m pytest -m gpu -v -p no:cacheprovider tests/engine/test_gpu.py tests/tiers/test_slab.py 2>&1 \
+"$py" -m pytest -m gpu -v -p no:cacheprovider --timeout 120 tests/engine/test_gpu.py tests/tiers/test_slab.py 2>&1 \
   | tee "$out/pytest.log" || status=1
-"$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --max-seconds 300 \
+timeout 330 "$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --max-seconds 200 \
   --json "$out/engine-llama3-8b.json" 2>&1 | tee "$out/engine-llama3-8b.log" || status=1
 # What the decode graphs give: the same decode figures with every step eager.
-"$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --no-cuda-graphs --no-hf \
-  --prefill-lengths 512 --batches 1,8,32 --max-seconds 120 \
+timeout 150 "$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --no-cuda-graphs --no-hf \
+  --prefill-lengths 512 --batches 1,8,32 --max-seconds 60 \
   --json "$out/engine-llama3-8b-eager.json" 2>&1 | tee "$out/engine-llama3-8b-eager.log" || status=1
 exit $status
