@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dram-mb", type=int, default=16, help="the service's DRAM tier (default 16 MiB)")
     p.add_argument("--block-kb", type=int, default=16, help="payload size (default 16 KiB)")
     p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--rate", type=float, default=0.0, help="requests per second per client (default 0: "
+                   "as fast as each can; a rate below saturation compares latency rather than throughput)")
     p.add_argument("--policy", nargs="+", default=["default"],
                    help="eviction policies, one service each, in this order (default: the default; "
                    "e.g. lru adaptive to compare adaptive's latency with lru's)")
@@ -62,14 +64,18 @@ class Tally:
     misses: int = 0
 
 
-def client_loop(url: str, seed: int, size: int, deadline: float, tally: Tally) -> None:
+def client_loop(url: str, seed: int, size: int, deadline: float, tally: Tally, *, rate: float = 0.0) -> None:
     from clients.cache_client import CacheClient
     from clients.guard import ClientOptions
 
     rng = random.Random(seed)
     mine: list[list[bytes]] = []
+    due = time.monotonic()
     with CacheClient(url, ClientOptions(timeout=10.0)) as c:
         while time.monotonic() < deadline:
+            if rate:  # paced: each request starts on its schedule (late ones at once)
+                due += 1 / rate
+                time.sleep(max(0.0, due - time.monotonic()))
             started = time.perf_counter()
             if not mine or rng.random() < 0.4:
                 op = "put"
@@ -103,8 +109,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def soak(args: argparse.Namespace, pid: int, url: str) -> dict:
     tallies = [Tally() for _ in range(args.clients)]
     deadline = time.monotonic() + args.seconds
-    threads = [threading.Thread(target=client_loop, args=(url, args.seed * 1000 + i, args.block_kb << 10,
-                                                          deadline, t)) for i, t in enumerate(tallies)]
+    threads = [threading.Thread(target=client_loop, kwargs={"rate": args.rate},
+                                args=(url, args.seed * 1000 + i, args.block_kb << 10, deadline, t))
+               for i, t in enumerate(tallies)]
     baseline = rss_mib(pid)
     peak = baseline
     started = time.perf_counter()
@@ -117,7 +124,7 @@ def soak(args: argparse.Namespace, pid: int, url: str) -> dict:
     lat = sorted(x for t in tallies for op in OPS for x in t.latencies_ms[op])
     by_op = {op: sorted(x for t in tallies for x in t.latencies_ms[op]) for op in OPS}
     bound = baseline + args.dram_mb + args.clients * _CONN_MIB + _FIXED_MIB
-    return {"clients": args.clients, "seconds": round(elapsed, 2), "requests": len(lat),
+    return {"clients": args.clients, "rate": args.rate, "seconds": round(elapsed, 2), "requests": len(lat),
             "requests_per_s": round(len(lat) / elapsed, 1), "p50_ms": round(percentile(lat, 0.5), 3),
             "p99_ms": round(percentile(lat, 0.99), 3),
             "ops": {op: {"requests": len(v), "p50_ms": round(percentile(v, 0.5), 3),

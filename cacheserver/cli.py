@@ -23,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flash-dir", help="LMDB folder of the flash tier (default ./.kvtier/flash)")
     p.add_argument("--flash-gb", type=float, help="flash tier size in GiB (default 16; 0: none)")
     p.add_argument("--policy", help="eviction policy: mq (default: recency within use-count classes; "
-                   "about 1.7x lru's memory per block), lru, slru, fifo, or adaptive (simulates six "
-                   "shadow caches to choose an order: about 18x lru's memory per block and 10x its "
-                   "CPU; its learning runs off the store's lock); see docs/eviction.md")
+                   "up to 1.7x lru's memory per block), lru, slru, fifo, or adaptive (simulates six "
+                   "shadow caches to choose an order: 10-19x lru's memory per block and 6-9x its "
+                   "CPU; it learns off the store's lock); see docs/eviction.md")
     p.add_argument("--admin-token", help="token REST mutations need (or KVTIER_ADMIN_TOKEN)")
     p.add_argument("--page-kb", type=int, help="DRAM/HBM page size in KiB (default 64)")
     p.add_argument("--max-frame-mb", type=int, help="largest data-plane frame body (default 256)")

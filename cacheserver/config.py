@@ -32,7 +32,7 @@ class ServeConfig:
     hbm_gb: float = 0.0  # needs CUDA
     flash_dir: str = "./.kvtier/flash"
     flash_gb: float = 16.0  # 0: no flash tier (nothing survives a restart)
-    policy: str = "default"  # tiers.registry.DEFAULT_POLICY (mq); "adaptive" simulates, at ~18x the memory
+    policy: str = "default"  # tiers.registry.DEFAULT_POLICY (mq); see kvtier serve --help
     admin_token: str = ""  # mutations over REST need it when set
     page_kb: int = 64  # DRAM/HBM page size
     max_frame_mb: int = 256  # largest data-plane frame body

@@ -2,9 +2,9 @@
 simulation, and the helpers only it needs.
 
 It keeps one metadata-only shadow cache per candidate order and follows whichever would
-have hit most lately. That costs memory (about 18x ``lru``'s bytes per block) and CPU
-(about 10x ``lru``'s replay time); see docs/eviction.md for the figures. The shadows are
-replayed in ``learn``, off the store's lock: ``observe`` only queues the request.
+have hit most lately. That costs an order of magnitude more memory and CPU than ``lru``
+(docs/eviction.md has the figures). The shadows are replayed in ``learn``, off the
+store's lock: ``observe`` only queues the request.
 """
 
 from __future__ import annotations
@@ -379,11 +379,15 @@ class AdaptivePolicy(EvictionPolicy):
             return
         self._queue.append((*previous, self._most_resident))
 
-    def learn(self) -> None:
-        """Replay the queued requests in the shadows and choose the order to follow."""
+    def learn(self, limit: int | None = None) -> bool:
+        """Replay queued requests (at most ``limit``) in the shadows and choose the order to
+        follow; True while more wait."""
         with self._learning:
-            while self._queue:
+            for _ in itertools.repeat(None) if limit is None else range(limit):
+                if not self._queue:
+                    break
                 self._replay(*self._queue.popleft())
+            return bool(self._queue)
 
     def _replay(self, keys: list[bytes], floor: int, capacity: int) -> None:
         if self._replayed is not None:

@@ -51,10 +51,10 @@ class EvictionPolicy(ABC):
         whether or not they are resident. O(keys): it runs under the store's lock."""
         return None
 
-    def learn(self) -> None:
-        """Catch up on what ``observe`` queued. The store calls it without its lock, from
-        one thread at a time; only policies with ``learns`` do anything here."""
-        return None
+    def learn(self, limit: int | None = None) -> bool:
+        """Catch up on what ``observe`` queued (at most ``limit`` requests); True while more
+        waits. The store calls it without its lock; only policies with ``learns`` do anything."""
+        return False
 
     def stats(self) -> dict:
         """Counters for the store's stats (none for most policies)."""

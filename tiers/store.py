@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Share of a tier's blocks evicted when its backing store is full before its byte count.
 _MAP_FULL_SHARE = 1 / 16
+# Most of the time the background learner may take (``_learn_loop``).
+_LEARN_SHARE = 0.1
 
 
 class NotDurableError(StoreError):
@@ -141,6 +143,7 @@ class TieredStore:
         self._learners = [s.policy for s in self._tiers if s.policy.learns]
         self._learn_inline = learn_inline
         self._observed = threading.Event()  # a lookup gave the learners something to learn
+        self._stopping = threading.Event()  # the store is closing: the learner stops
         self._learner: threading.Thread | None = None
         if self._learners and not learn_inline:
             self._learner = threading.Thread(target=self._learn_loop, name="kvtier-policy-learn", daemon=True)
@@ -199,17 +202,24 @@ class TieredStore:
         return out
 
     def learn(self) -> None:
-        """Let the policies learn what the lookups so far showed them, off the store's lock."""
+        """Let the policies learn all that the lookups so far showed them, off the store's lock."""
         for policy in self._learners:
             policy.learn()
 
     def _learn_loop(self) -> None:
+        """The background learner: one request per policy at a time, then a pause, so that
+        it takes at most ``_LEARN_SHARE`` of the time (the GIL) from the data plane; what
+        it cannot keep up with, the policies drop and count."""
         while True:
             self._observed.wait()
             self._observed.clear()
-            if self._closed:
-                return
-            self.learn()
+            more = True
+            while more:
+                if self._stopping.is_set():
+                    return
+                started = time.perf_counter()
+                more = any([policy.learn(1) for policy in self._learners])
+                self._stopping.wait((time.perf_counter() - started) * (1 / _LEARN_SHARE - 1))
 
     def sizes(self, keys: Iterable[bytes]) -> list[int]:
         """Payload size of each key, -1 where absent (to size a buffer for ``get_into``)."""
@@ -822,6 +832,7 @@ class TieredStore:
             for s in self._tiers:
                 s.tier.close()
         if self._learner is not None:
+            self._stopping.set()
             self._observed.set()
             self._learner.join()
 

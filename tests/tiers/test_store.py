@@ -337,9 +337,10 @@ def test_a_policy_learns_in_a_background_thread_without_the_store_lock(make_stor
     class SlowLearner(LRUPolicy):
         learns = True
 
-        def learn(self) -> None:
+        def learn(self, limit: int | None = None) -> bool:
             entered.set()
             release.wait(10)
+            return False
 
     monkeypatch.setitem(POLICIES, "slow-learner", SlowLearner)
     store = make_store(policy="slow-learner", dram=8)
