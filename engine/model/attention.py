@@ -12,7 +12,7 @@ thing the same way. One backend per device:
   otherwise a prefill chunk runs ``QUERY_BLOCK`` queries at a time, each block multiplying
   only the keys it can see.
 - CUDA: a cold prompt uses the fused causal kernel (flash); decodes and warm prefill chunks
-  read the pages directly in one Triton kernel (``triton_attention``).
+  read the pages directly in one Triton kernel (``triton_kernels``).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _attend_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, k_cache: 
     """Cold prompts through the fused causal kernel (flash); every chunk that reads
     cached K/V (decodes, prefill after a hit or an earlier chunk) through one launch of
     the paged Triton kernel, straight from the pages."""
-    from engine.model.triton_attention import paged_attention_triton
+    from engine.model.triton_kernels import paged_attention_triton
 
     for c in meta.prefills:
         if c.cold:

@@ -89,19 +89,49 @@ class LlamaModel:
         """
         cfg = self.config
         h = self.embed[input_ids].float()  # [T, hidden], the residual stream in float32
-        cos_sin = self.cos_sin[positions].unsqueeze(2)  # [T, 2, 1, D]
-        cos, sin = cos_sin[:, 0], cos_sin[:, 1]
-        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        qk_heads = cfg.num_heads + cfg.num_kv_heads
+        rope = _rope_cuda if h.is_cuda else _rope_torch(self.cos_sin, positions)
+        delta = None  # what the last block adds to the residual stream
         for i, layer in enumerate(self.layers):
-            x = rms_norm(h, layer.input_norm, cfg.rms_norm_eps)
-            q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).split([q_size, kv_size, kv_size], -1)
-            q = apply_rope(q.view(-1, cfg.num_heads, cfg.head_dim), cos, sin)  # [T, Hq, D]
-            k = apply_rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)  # [T, Hkv, D]
-            v = v.reshape(-1, cfg.num_kv_heads, cfg.head_dim)
-            o = paged_attention(q, k, v, kv_cache.layer(i), meta)  # [T, Hq, D]
-            h = h + F.linear(o.flatten(1), layer.o)
-            x = rms_norm(h, layer.post_norm, cfg.rms_norm_eps)
+            x = residual_norm(h, delta, layer.input_norm, cfg.rms_norm_eps)
+            heads = F.linear(x, layer.qkv, layer.qkv_bias).view(-1, qk_heads + cfg.num_kv_heads, cfg.head_dim)
+            qk = rope(heads[:, :qk_heads], self.cos_sin, positions)  # [T, Hq + Hkv, D]
+            q, k = qk.split([cfg.num_heads, cfg.num_kv_heads], 1)
+            o = paged_attention(q, k, heads[:, qk_heads:], kv_cache.layer(i), meta)  # [T, Hq, D]
+            x = residual_norm(h, F.linear(o.flatten(1), layer.o), layer.post_norm, cfg.rms_norm_eps)
             gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)  # [T, I] each
-            h = h + F.linear(F.silu(gate) * up, layer.down)
-        last = rms_norm(h[logit_rows], self.norm, cfg.rms_norm_eps)  # [B, hidden]
+            delta = F.linear(F.silu(gate) * up, layer.down)
+        last = residual_norm(h, delta, self.norm, cfg.rms_norm_eps)[logit_rows]  # [B, hidden]
         return F.linear(last.float(), self.lm_head)
+
+
+def residual_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                  eps: float) -> torch.Tensor:
+    """``h += delta`` in place (if given); returns RMSNorm of ``h`` in the weight's dtype.
+    On a GPU one fused kernel does both."""
+    if h.is_cuda:
+        from engine.model.triton_kernels import residual_rms_norm
+
+        return residual_rms_norm(h, delta, weight, eps)
+    if delta is not None:
+        h += delta
+    return rms_norm(h, weight, eps)
+
+
+def _rope_torch(cos_sin: torch.Tensor, positions: torch.Tensor):
+    """RoPE with PyTorch operations, the positions' cos and sin gathered once per step."""
+    rows = cos_sin[positions].unsqueeze(2)  # [T, 2, 1, D]
+    cos, sin = rows[:, 0], rows[:, 1]
+
+    def rope(x: torch.Tensor, _table: torch.Tensor, _positions: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, cos, sin)
+
+    return rope
+
+
+def _rope_cuda(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """RoPE in place, one kernel for the step's queries and keys."""
+    from engine.model.triton_kernels import rope_
+
+    rope_(x, cos_sin, positions)
+    return x

@@ -63,8 +63,8 @@ def test_cuda_float32_matches_cpu(config):
 @pytest.mark.gpu
 def test_cuda_bfloat16_close_to_cpu_float32():
     """bfloat16 on the GPU tracks float32 on the CPU within bfloat16's precision."""
-    ref = engine_on("cpu").score(list(range(3, 300)))
-    got = engine_on("cuda", dtype="bfloat16").score(list(range(3, 300))).cpu()
+    ref = engine_on("cpu").score(list(range(3, 250)))  # token ids below the vocabulary (258)
+    got = engine_on("cuda", dtype="bfloat16").score(list(range(3, 250))).cpu()
     err = (ref - got).abs().mean().item() / ref.std().item()
     agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
     print(f"bfloat16 vs float32: mean |error| / std {err:.4f}, top-1 agreement {agree:.3f}")
@@ -97,7 +97,7 @@ def test_seeded_sampling_on_cuda_is_reproducible():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(32, 8, 16), (9, 3, 16), (4, 2, 4)])
 def test_paged_kernel_matches_reference(dtype, heads, kv_heads, block_size):
-    from engine.model.triton_attention import paged_attention_triton
+    from engine.model.triton_kernels import paged_attention_triton
 
     g = torch.Generator("cuda").manual_seed(0)
     d, layers, num_blocks = 128, 2, 64

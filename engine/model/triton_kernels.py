@@ -1,4 +1,10 @@
-"""Attention of query rows over paged K/V, as one Triton kernel (the CUDA backend).
+"""The CUDA backend's Triton kernels: paged attention, residual add + RMSNorm, and RoPE.
+
+Each replaces a chain of small PyTorch kernels whose launches, not their arithmetic, set a
+decode step's time on a GPU. All are checked on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``, float32) and on a GPU by ``tests/engine/test_gpu.py``.
+
+**Paged attention** (``paged_attention_triton``): attention of query rows over paged K/V.
 
 Serves every chunk that reads the KV pages: a decode (one query row) and a prefill chunk
 after cached tokens. A chunk's ``q_len`` queries are the last ``q_len`` of its
@@ -8,9 +14,8 @@ One program computes ``BLOCK_M`` rows of one chunk and one KV head: the rows are
 (query token, query head of the KV group) pairs, so the group's heads share each K/V
 tile they load (grouped-query attention at the cost of one KV head). Keys are walked
 ``BLOCK_N`` tokens at a time through the chunk's block table, with an online softmax in
-float32. No gather, no padding to the longest context, no mask tensor.
-
-Tested on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
+float32. No gather, no padding to the longest context, no mask tensor. A chunk with
+``q_len == 0`` is padding (a CUDA graph's spare slot) and computes nothing.
 """
 
 from __future__ import annotations
@@ -110,4 +115,67 @@ def paged_attention_triton(
         GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         # float32 products in full precision (TF32 would cost the CPU-matching logits).
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+@triton.jit
+def _residual_rms_norm_kernel(  # noqa: PLR0917
+    h_ptr, delta_ptr, w_ptr, x_ptr, n_cols, eps, stride_h, stride_delta, stride_x,
+    HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    h = tl.load(h_ptr + row * stride_h + cols, mask=ok, other=0.0)
+    if HAS_DELTA:
+        h += tl.load(delta_ptr + row * stride_delta + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(h_ptr + row * stride_h + cols, h, mask=ok)
+    normed = h * tl.rsqrt(tl.sum(h * h, 0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0)
+    tl.store(x_ptr + row * stride_x + cols, w * normed.to(w.dtype), mask=ok)
+
+
+def residual_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """``h += delta`` in place (if given), then RMSNorm of ``h`` in the weight's dtype.
+
+    h: [T, hidden] float32 (the residual stream); delta: [T, hidden]; weight: [hidden].
+    As transformers computes it: normalized in float32, cast, then times the weight."""
+    x = torch.empty(h.shape, dtype=weight.dtype, device=h.device)
+    block = triton.next_power_of_2(h.shape[1])
+    _residual_rms_norm_kernel[(h.shape[0],)](
+        h, delta if delta is not None else h, weight, x, h.shape[1], eps,
+        h.stride(0), (delta if delta is not None else h).stride(0), x.stride(0),
+        HAS_DELTA=delta is not None, BLOCK=block, num_warps=max(1, min(16, block // 256)),
+    )
+    return x
+
+
+@triton.jit
+def _rope_kernel(  # noqa: PLR0917
+    x_ptr, cos_sin_ptr, positions_ptr, num_heads, stride_xt, stride_xh, stride_p, stride_cs,
+    HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + token)
+    d = tl.arange(0, HALF)
+    cos = tl.load(cos_sin_ptr + pos * stride_p + d).to(tl.float32)  # cos[d] == cos[d + HALF]
+    sin = tl.load(cos_sin_ptr + pos * stride_p + stride_cs + d).to(tl.float32)
+    heads = tl.arange(0, BLOCK_H)
+    ok = (heads < num_heads)[:, None]
+    first = x_ptr + token * stride_xt + heads[:, None] * stride_xh + d[None, :]  # [BLOCK_H, HALF]
+    x1 = tl.load(first, mask=ok, other=0.0)
+    x2 = tl.load(first + HALF, mask=ok, other=0.0)
+    a, b = x1.to(tl.float32), x2.to(tl.float32)
+    tl.store(first, (a * cos[None, :] - b * sin[None, :]).to(x1.dtype), mask=ok)
+    tl.store(first + HALF, (b * cos[None, :] + a * sin[None, :]).to(x1.dtype), mask=ok)
+
+
+def rope_(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor) -> None:
+    """Rotate ``x`` in place. x: [T, heads, D] (a token's heads may be a strided view, each
+    head's D contiguous); cos_sin: [P, 2, D] (``rope.rope_table``); positions: [T]."""
+    half = x.shape[2] // 2
+    _rope_kernel[(x.shape[0],)](
+        x, cos_sin, positions, x.shape[1], x.stride(0), x.stride(1), cos_sin.stride(0), cos_sin.stride(1),
+        HALF=half, BLOCK_H=triton.next_power_of_2(x.shape[1]),
     )
