@@ -8,16 +8,17 @@ import torch
 
 from engine.model.kv_cache import KVCache
 from engine.model.model import LlamaModel
-from engine.runtime.cuda_graphs import DecodeGraphs
+from engine.runtime.cuda_graphs import StepGraphs
 from engine.runtime.scheduler import ScheduledChunk
-from engine.runtime.step_inputs import StepInputs, host_inputs, step_inputs
+from engine.runtime.step_inputs import Padding, StepInputs, host_inputs, step_inputs
 
 
 class ModelRunner:
     """Runs the model on one step's chunks. Not thread-safe: one step at a time.
 
-    On a GPU, decode-only steps replay CUDA graphs (``cuda_graphs.DecodeGraphs``) when
-    given ``graph_batch`` > 0, the largest batch to capture.
+    On a GPU, steps that only read cached K/V (decodes, prefill chunks after a hit) replay
+    CUDA graphs (``cuda_graphs.StepGraphs``) when given ``graph_batch`` > 0, the most
+    decodes a step may hold.
     """
 
     def __init__(self, model: LlamaModel, kv_cache: KVCache, device: str = "cpu", graph_batch: int = 0):
@@ -27,7 +28,7 @@ class ModelRunner:
         self._staging = torch.empty(0, dtype=torch.int64)
         self.graphs = None
         if self.device.type == "cuda" and graph_batch:
-            self.graphs = DecodeGraphs(self, graph_batch)
+            self.graphs = StepGraphs(self, graph_batch)
 
     def stage(self, flat: torch.Tensor) -> torch.Tensor:
         """``flat`` in page-locked host memory, ready for a copy that does not wait (GPU only).
@@ -39,9 +40,9 @@ class ModelRunner:
                                         pin_memory=True)
         return self._staging[: flat.numel()].copy_(flat)
 
-    def inputs(self, chunks: list[ScheduledChunk], **padding: int) -> StepInputs:
-        """The step's inputs on the model's device (``padding``: see ``host_inputs``)."""
-        flat, layout = host_inputs(chunks, self.kv_cache.block_size, **padding)
+    def inputs(self, chunks: list[ScheduledChunk], padding: Padding | None = None) -> StepInputs:
+        """The step's inputs on the model's device (``padding``: a CUDA graph's step shape)."""
+        flat, layout = host_inputs(chunks, self.kv_cache.block_size, padding)
         if self.device.type != "cpu":
             flat = self.stage(flat).to(self.device, non_blocking=True)
         return step_inputs(flat, layout)

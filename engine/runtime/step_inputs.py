@@ -49,22 +49,35 @@ class StepLayout:
         return 4 * t + 3 * n + self.num_paged + self.num_logits + n * self.width
 
 
+@dataclass(frozen=True)
+class Padding:
+    """A CUDA graph's fixed step shape: ``rows`` token rows, ``chunks`` chunks, each chunk
+    given ``width`` pages, ``max_q_len`` sizing the attention grid.
+
+    Spare rows write their K/V into ``scratch_block`` and belong to no chunk; spare chunks
+    have no queries (attention skips them); their logit rows repeat row 0."""
+
+    rows: int
+    chunks: int
+    width: int
+    max_q_len: int
+    scratch_block: int
+
+
 def host_inputs(
-    chunks: list[ScheduledChunk], block_size: int, pad_to: int = 0, width: int = 0, scratch_block: int = 0,
+    chunks: list[ScheduledChunk], block_size: int, padding: Padding | None = None,
 ) -> tuple[torch.Tensor, StepLayout]:
     """A step's inputs as one int64 host tensor, and its layout.
 
-    ``pad_to`` (decode-only steps, for a CUDA graph): add one-token rows up to that many,
-    each writing into ``scratch_block`` and attending to itself, and take the logits of
-    every row. ``width``: pages per block-table row (at least the longest table).
-    """
+    Logit rows are those of the sampling chunks in ``chunks``' order (then, padded, one per
+    spare chunk)."""
     decodes = [c for c in chunks if c.num_tokens == 1]
     ordered = decodes + [c for c in chunks if c.num_tokens != 1]
     ids: list[int] = []
     positions: list[int] = []
     blocks: list[int] = []
     offsets: list[int] = []
-    q_starts, q_lens, ctx_lens, paged, tables, logit_rows = [], [], [], [], [], []
+    q_starts, q_lens, ctx_lens, paged, tables = [], [], [], [], []
     prefills = []
     last_row: dict[int, int] = {}
     row = 0
@@ -85,25 +98,30 @@ def host_inputs(
             paged.append(j)
         row += c.num_tokens
         last_row[id(c)] = row - 1
-    for _ in range(len(ordered), pad_to):
-        ids.append(0)
-        positions.append(0)
-        blocks.append(scratch_block)
-        offsets.append(0)
-        paged.append(len(q_starts))
-        q_starts.append(row)
-        q_lens.append(1)
-        ctx_lens.append(1)
-        tables.append([scratch_block])
-        row += 1
-    logit_rows = list(range(row)) if pad_to else [last_row[id(c)] for c in chunks if c.samples]
+    logit_rows = [last_row[id(c)] for c in chunks if c.samples]
+    width, max_q_len = 0, max((q_lens[j] for j in paged), default=0)
+    if padding is not None:
+        spare_rows = padding.rows - row
+        ids += [0] * spare_rows
+        positions += [0] * spare_rows
+        blocks += [padding.scratch_block] * spare_rows
+        offsets += [0] * spare_rows
+        row = padding.rows
+        for _ in range(len(tables), padding.chunks):
+            paged.append(len(tables))
+            q_starts.append(0)
+            q_lens.append(0)
+            ctx_lens.append(0)
+            tables.append([])
+        logit_rows += [0] * (padding.chunks - len(logit_rows))
+        width, max_q_len = padding.width, padding.max_q_len
     width = max([width, *(len(t) for t in tables)])
-    num_decodes = max(len(decodes), pad_to)
+    num_decodes = len(decodes)
     layout = StepLayout(
         num_rows=row, num_chunks=len(tables), width=width, num_paged=len(paged),
         num_logits=len(logit_rows), num_decodes=num_decodes,
         decode_width=max((len(t) for t in tables[:num_decodes]), default=0),
-        prefills=tuple(prefills), max_paged_q_len=max((q_lens[j] for j in paged), default=0),
+        prefills=tuple(prefills), max_paged_q_len=max_q_len,
     )
     head = np.array([*ids, *positions, *blocks, *offsets, *q_starts, *q_lens, *ctx_lens, *paged, *logit_rows],
                     dtype=np.int64)

@@ -54,6 +54,9 @@ def test_cuda_float32_matches_cpu(config):
         for la, lb in zip(a.logprobs, b.logprobs, strict=True):
             assert all(abs(la[t] - lb[t]) < 1e-3 for t in la.keys() & lb.keys())
     assert gpu_out[-1].num_cached_tokens == cpu_out[-1].num_cached_tokens > 0  # a warm prefill ran
+    replays = gpu.runner.graphs.replays
+    print(f"steps on the GPU: {replays}")
+    assert replays["decode"] > 0 and replays["warm"] > 0 and replays["eager"] > 0
     prompt = list(range(3, 200))
     diff = (cpu.score(prompt) - gpu.score(prompt).cpu()).abs().max().item()
     print(f"float32 score, max |cpu - cuda| logit: {diff:.2e}")
