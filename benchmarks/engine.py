@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
+
+from benchmarks.engine_timing import matmul_rate, prefill_flops, random_ids, take_turns
 
 PREFILL_LENGTHS = (512, 2048)
 BATCHES = (1, 8, 32)
@@ -46,53 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default 2)")
     parser.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
-    from benchmarks import engine_gpu  # imports this module's helpers
+    from benchmarks import engine_gpu
 
     engine_gpu.add_arguments(parser)
-
-
-def median_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up run; ``sync``
-    waits for a device's queued work before and after each run."""
-    fn()
-    return statistics.median(timed(sync, fn) for _ in range(repeats))
-
-
-def timed(sync: Callable[[], Any], fn: Callable[[], Any]) -> float:
-    """Seconds of one ``fn()``, with ``sync()`` (waiting for a device) before and after."""
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
-def random_ids(n: int, seed: int, vocab: int) -> list[int]:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(100, vocab, (n,), generator=g).tolist()
-
-
-# -- the limit --------------------------------------------------------------------------
-
-
-def matmul_rate(dtype: Any, repeats: int, n: int = 2048, device: str = "cpu",
-                sync: Callable[[], Any] = lambda: None) -> float:
-    """FLOP/s of an n x n x n matrix product in ``dtype`` on ``device``."""
-    import torch
-
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    return 2 * n**3 / median_time(lambda: a @ b, repeats, sync)
-
-
-def prefill_flops(cfg: Any, tokens: int) -> float:
-    """Projections for every token, causal attention, and one row of logits."""
-    d, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_layer = d * (q + 2 * kv) + q * d + 3 * d * cfg.intermediate_size
-    linear = 2 * tokens * cfg.num_layers * per_layer
-    attention = 4 * cfg.num_layers * q * tokens * (tokens + 1) / 2
-    return linear + attention + 2 * d * cfg.vocab_size
 
 
 # -- the systems ------------------------------------------------------------------------
@@ -191,18 +147,6 @@ class Transformers:
         ids = torch.tensor([random_ids(DECODE_PROMPT, 5000 + i, self.vocab) for i in range(batch)])
         full, prefill = self._generate_s(ids, DECODE_TOKENS), self._generate_s(ids, 1)
         return batch * (DECODE_TOKENS - 1) / (full - prefill)
-
-
-def take_turns(systems: dict[str, Any], method: str, arg: Any, repeats: int) -> dict[str, float]:
-    """Median of ``repeats`` runs of ``system.method(arg)`` per system, the systems taking
-    turns run by run (after one warm-up round), so a noisy neighbour hurts them alike."""
-    values: dict[str, list[float]] = {name: [] for name in systems}
-    for round_ in range(repeats + 1):
-        for name, system in systems.items():
-            value = getattr(system, method)(arg)
-            if round_:
-                values[name].append(value)
-    return {name: statistics.median(v) for name, v in values.items()}
 
 
 def measure(systems: dict[str, Any], repeats: int) -> dict[str, float]:

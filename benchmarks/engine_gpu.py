@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine import matmul_rate, median_time, prefill_flops, random_ids, take_turns, timed
+from benchmarks.engine_timing import matmul_rate, median_time, prefill_flops, random_ids, take_turns, timed
 
 # ratio -> (how it compares, target): the targets of issue 21 for an 8B shape on a GPU.
 TARGETS = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.engine import random_ids, timed
+from benchmarks.engine_timing import random_ids, timed
 from engine.model.checkpoint import Checkpoint
 from engine.model.shapes import hf_config_dict
 
