@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (`make gpu-check`): the tests marked gpu, then the engine
 # benchmark on the Llama-3-8B shape with random weights, with and without decode CUDA
-# graphs. Logs and JSON go to benchmarks/results/gpu/. Usage: gpu_check.sh [PYTHON]
+# graphs. Logs and JSON go to OUT (default benchmarks/results/gpu/). Usage: gpu_check.sh [PYTHON [OUT]]
 set -uo pipefail
 py=${1:-python3}
-out=benchmarks/results/gpu
+out=${2:-benchmarks/results/gpu}
 mkdir -p "$out"
 status=0
 "$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee "$out/device.txt" || status=1

@@ -20,30 +20,35 @@ float32. No gather, no padding to the longest context, no mask tensor. A chunk w
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 BLOCK_N = 64  # keys per inner step
+MAX_SPLITS = 16  # key ranges a query block's context is cut into, at most
 
 
 @triton.jit
-def _paged_attention_kernel(  # noqa: PLR0917 (Triton kernels take their arguments by position)
+def _paged_attention_kernel(  # noqa: PLR0915, PLR0917 (a kernel is one function; Triton passes by position)
     q_ptr, k_ptr, v_ptr, out_ptr,  # q, out: [T, Hq, D]; k, v: [num_blocks, bs, Hkv, D] (strided)
+    part_ptr, ml_ptr,  # with splits: acc [S, T, Hq, D] and (max, sum) [S, T, Hq, 2], float32
     chunks_ptr, q_starts_ptr, q_lens_ptr, ctx_lens_ptr, tables_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-    scale, head_dim, block_size,
+    num_rows, scale, head_dim, block_size,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    SPLITS: tl.constexpr, PRECISION: tl.constexpr,
 ):
     chunk = tl.load(chunks_ptr + tl.program_id(0))
     kv_head = tl.program_id(1)
+    split = tl.program_id(2) % SPLITS
     q_start = tl.load(q_starts_ptr + chunk)
     q_len = tl.load(q_lens_ptr + chunk)
     ctx_len = tl.load(ctx_lens_ptr + chunk)
     rows_per_block: tl.constexpr = BLOCK_M // GROUP
-    first_token = tl.program_id(2) * rows_per_block
+    first_token = (tl.program_id(2) // SPLITS) * rows_per_block
     if first_token >= q_len:
         return
 
@@ -58,16 +63,19 @@ def _paged_attention_kernel(  # noqa: PLR0917 (Triton kernels take their argumen
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
 
     q_pos = ctx_len - q_len + token  # absolute position of each query row
-    # The last key any row of this program sees.
+    # The keys any row of this program sees, cut into SPLITS ranges of whole key blocks.
     last_key = tl.minimum(ctx_len, ctx_len - q_len + first_token + rows_per_block)
+    per_split = tl.cdiv(tl.cdiv(last_key, BLOCK_N), SPLITS) * BLOCK_N
+    key_start = split * per_split
+    key_end = tl.minimum(last_key, key_start + per_split)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     table = tables_ptr + chunk.to(tl.int64) * stride_table
-    for start in range(0, last_key, BLOCK_N):
+    for start in range(key_start, key_end, BLOCK_N):
         key_pos = start + offs_n
-        key_ok = key_pos < last_key
+        key_ok = key_pos < key_end
         page = tl.load(table + key_pos // block_size, mask=key_ok, other=0).to(tl.int64)
         slot = key_pos % block_size
         k_off = page * stride_kb + slot * stride_kt + kv_head * stride_kh
@@ -85,37 +93,114 @@ def _paged_attention_kernel(  # noqa: PLR0917 (Triton kernels take their argumen
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
         m_i = m_new
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    mask = row_ok[:, None] & d_ok[None, :]
+    if SPLITS == 1:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:  # partial results, combined by _combine_splits_kernel
+        cell = (split * num_rows + q_rows) * (GROUP * tl.num_programs(1)) + head  # (split, row, head)
+        tl.store(part_ptr + cell[:, None] * head_dim + offs_d[None, :], acc, mask=mask)
+        tl.store(ml_ptr + cell * 2, m_i, mask=row_ok)
+        tl.store(ml_ptr + cell * 2 + 1, l_i, mask=row_ok)
+
+
+@triton.jit
+def _combine_splits_kernel(  # noqa: PLR0917
+    out_ptr, part_ptr, ml_ptr, chunks_ptr, q_starts_ptr, q_lens_ptr,
+    stride_ot, stride_oh, num_rows, head_dim,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
+):
+    """out = sum_s exp(m_s - m) acc_s / sum_s exp(m_s - m) l_s, over the key ranges' partials."""
+    chunk = tl.load(chunks_ptr + tl.program_id(0))
+    kv_head = tl.program_id(1)
+    q_start = tl.load(q_starts_ptr + chunk)
+    q_len = tl.load(q_lens_ptr + chunk)
+    rows_per_block: tl.constexpr = BLOCK_M // GROUP
+    first_token = tl.program_id(2) * rows_per_block
+    if first_token >= q_len:
+        return
+    offs_m = tl.arange(0, BLOCK_M)
+    token = first_token + offs_m // GROUP
+    head = kv_head * GROUP + offs_m % GROUP
+    row_ok = (offs_m < rows_per_block * GROUP) & (token < q_len)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (offs_d < head_dim)[None, :]
+    q_rows = (q_start + token).to(tl.int64)
+    heads = GROUP * tl.num_programs(1)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in tl.static_range(SPLITS):
+        m = tl.maximum(m, tl.load(ml_ptr + ((s * num_rows + q_rows) * heads + head) * 2, mask=row_ok,
+                                  other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s in tl.static_range(SPLITS):
+        cell = (s * num_rows + q_rows) * heads + head
+        m_s = tl.load(ml_ptr + cell * 2, mask=row_ok, other=float("-inf"))
+        w = tl.exp(m_s - m_safe)  # 0 for a range that saw no key
+        total += w * tl.load(ml_ptr + cell * 2 + 1, mask=row_ok, other=0.0)
+        part = tl.load(part_ptr + cell[:, None] * head_dim + offs_d[None, :], mask=mask, other=0.0)
+        acc += tl.where(w[:, None] > 0.0, part, 0.0) * w[:, None]
+    out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def num_splits(num_programs: int, device: torch.device) -> int:
+    """Key ranges per query block: enough programs to keep every SM busy (about four each),
+    so a long context with few queries (a decode, a short prefill after a hit) is read in
+    parallel rather than by a handful of SMs."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(MAX_SPLITS, 4 * _num_sms(device.index) // max(num_programs, 1)))
+
+
+@functools.cache
+def _num_sms(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()
+                                            ).multi_processor_count
 
 
 def paged_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor, *,
     chunks: torch.Tensor, q_starts: torch.Tensor, q_lens: torch.Tensor, ctx_lens: torch.Tensor,
-    block_tables: torch.Tensor, max_q_len: int,
+    block_tables: torch.Tensor, max_q_len: int, splits: int | None = None,
 ) -> None:
     """Write into ``out`` the attention of the rows of ``chunks`` (indices into the per-chunk
     arrays). q, out: [T, Hq, D]; k_cache, v_cache: [num_blocks, bs, Hkv, D], each token's
     heads contiguous; q_starts, q_lens, ctx_lens: [N]; block_tables: [N, W]. ``max_q_len``
-    bounds the chunks' ``q_len`` (it sizes the grid)."""
-    num_heads, head_dim = q.shape[1], q.shape[2]
+    bounds the chunks' ``q_len`` (it sizes the grid); ``splits``: key ranges per query block
+    (default: ``num_splits``)."""
+    num_rows, num_heads, head_dim = q.shape
     num_kv = k_cache.shape[2]
     group = num_heads // num_kv
     # Rows of a program: at least 16 (the smallest tile a matrix unit takes), a decode's
     # group of heads when that is all there is, 64 for prefill chunks.
     block_m = max(16, triton.next_power_of_2(group * (1 if max_q_len == 1 else 16)))
     grid = (chunks.numel(), num_kv, triton.cdiv(max_q_len, block_m // group))
-    _paged_attention_kernel[grid](
-        q, k_cache, v_cache, out, chunks, q_starts, q_lens, ctx_lens, block_tables,
+    if splits is None:
+        splits = num_splits(grid[0] * grid[1] * grid[2], q.device)
+    part = ml = out  # unused without splits
+    if splits > 1:
+        part = torch.empty(splits, num_rows, num_heads, head_dim, dtype=torch.float32, device=q.device)
+        ml = torch.empty(splits, num_rows, num_heads, 2, dtype=torch.float32, device=q.device)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    _paged_attention_kernel[(*grid[:2], grid[2] * splits)](
+        q, k_cache, v_cache, out, part, ml, chunks, q_starts, q_lens, ctx_lens, block_tables,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        head_dim**-0.5, head_dim, k_cache.shape[1],
-        GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        num_rows, head_dim**-0.5, head_dim, k_cache.shape[1],
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=block_d, SPLITS=splits,
         # float32 products in full precision (TF32 would cost the CPU-matching logits).
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
+    if splits > 1:
+        _combine_splits_kernel[grid](
+            out, part, ml, chunks, q_starts, q_lens, out.stride(0), out.stride(1), num_rows, head_dim,
+            GROUP=group, BLOCK_M=block_m, BLOCK_D=block_d, SPLITS=splits,
+        )
 
 
 @triton.jit

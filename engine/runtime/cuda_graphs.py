@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from engine.runtime.model_runner import ModelRunner
 
 MAX_BATCH = 256  # the largest decode graph
-WARM_ROWS, WARM_CHUNKS = 512, 8
+WARM_ROWS, WARM_CHUNKS = 512, 4
 MAX_CONTEXT = 8192  # tokens; sizes every graph's block-table rows
 
 

@@ -48,12 +48,15 @@ def test_cuda_float32_matches_cpu(config):
     the chosen tokens' logprobs within 1e-3; and the same logits at every prompt position."""
     cpu, gpu = engine_on("cpu", config), engine_on("cuda", config)
     assert gpu.runner.graphs is not None
-    cpu_out, gpu_out = greedy(cpu), greedy(gpu)
-    for a, b in zip(cpu_out, gpu_out, strict=True):
+    # Then a lone request after a hit: a warm step, replayed from a graph.
+    runs = [[*greedy(e), *e.generate([[*range(1, 70), 20, 21, 22]], SamplingParams(
+        max_tokens=8, temperature=0, logprobs=3, ignore_eos=True))] for e in (cpu, gpu)]
+    for a, b in zip(*runs, strict=True):
         assert a.token_ids == b.token_ids
         for la, lb in zip(a.logprobs, b.logprobs, strict=True):
             assert all(abs(la[t] - lb[t]) < 1e-3 for t in la.keys() & lb.keys())
-    assert gpu_out[-1].num_cached_tokens == cpu_out[-1].num_cached_tokens > 0  # a warm prefill ran
+    assert runs[1][4].num_cached_tokens == runs[0][4].num_cached_tokens > 0  # a warm prefill beside others
+    assert runs[1][5].num_cached_tokens == 64
     replays = gpu.runner.graphs.replays
     print(f"steps on the GPU: {replays}")
     assert replays["decode"] > 0 and replays["warm"] > 0 and replays["eager"] > 0
@@ -64,15 +67,22 @@ def test_cuda_float32_matches_cpu(config):
 
 
 @pytest.mark.gpu
-def test_cuda_bfloat16_close_to_cpu_float32():
-    """bfloat16 on the GPU tracks float32 on the CPU within bfloat16's precision."""
-    ref = engine_on("cpu").score(list(range(3, 250)))  # token ids below the vocabulary (258)
-    got = engine_on("cuda", dtype="bfloat16").score(list(range(3, 250))).cpu()
-    err = (ref - got).abs().mean().item() / ref.std().item()
-    agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
-    print(f"bfloat16 vs float32: mean |error| / std {err:.4f}, top-1 agreement {agree:.3f}")
-    assert err < 0.05
-    assert agree > 0.9
+def test_cuda_bfloat16_as_close_to_float32_as_the_cpu_in_bfloat16():
+    """bfloat16 on the GPU is as accurate as bfloat16 on the CPU, both against float32."""
+    prompt = list(range(3, 250))  # token ids below the vocabulary (258)
+    ref = engine_on("cpu").score(prompt)
+
+    def error(logits: torch.Tensor) -> tuple[float, float]:
+        """(mean |error| / std of the reference, top-1 agreement)."""
+        return ((ref - logits).abs().mean().item() / ref.std().item(),
+                (ref.argmax(-1) == logits.argmax(-1)).float().mean().item())
+
+    cpu_err, cpu_agree = error(engine_on("cpu", dtype="bfloat16").score(prompt))
+    gpu_err, gpu_agree = error(engine_on("cuda", dtype="bfloat16").score(prompt).cpu())
+    print(f"bfloat16 vs float32: cuda error {gpu_err:.4f}, agreement {gpu_agree:.3f}; "
+          f"cpu error {cpu_err:.4f}, agreement {cpu_agree:.3f}")
+    assert gpu_err < 1.25 * cpu_err
+    assert gpu_agree > cpu_agree - 0.05
 
 
 @pytest.mark.gpu
@@ -97,9 +107,10 @@ def test_seeded_sampling_on_cuda_is_reproducible():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("splits", [None, 1, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(32, 8, 16), (9, 3, 16), (4, 2, 4)])
-def test_paged_kernel_matches_reference(dtype, heads, kv_heads, block_size):
+def test_paged_kernel_matches_reference(dtype, heads, kv_heads, block_size, splits):
     from engine.model.triton_kernels import paged_attention_triton
 
     g = torch.Generator("cuda").manual_seed(0)
@@ -121,7 +132,7 @@ def test_paged_kernel_matches_reference(dtype, heads, kv_heads, block_size):
     chunks = [0, 1, 3, 4, 5]  # chunk 2 is left alone: its rows stay zero
     paged_attention_triton(q, k_cache, v_cache, out, chunks=dev(chunks), q_starts=dev(q_starts),
                            q_lens=dev(q_lens), ctx_lens=dev(ctx_lens), block_tables=dev(tables),
-                           max_q_len=max(q_lens))
+                           max_q_len=max(q_lens), splits=splits)
     group = heads // kv_heads
     for c in chunks:
         pages = tables[c][: -(-ctx_lens[c] // block_size)]
