@@ -34,6 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flash-sync", action=argparse.BooleanOptionalAction, default=None,
                    help="durable mode: every put is written through to flash and synced before it "
                    "is acknowledged, so it survives a crash (slower puts; default off)")
+    p.add_argument("--remote", metavar="URL[,URL...]",
+                   help="remote tier below flash, shared by every cache service: Redis Cluster nodes or "
+                   "one Redis/Valkey server (redis://[user:password@]host:port, rediss:// for TLS); "
+                   "see docs/remote.md")
+    p.add_argument("--remote-timeout-ms", type=int, help="remote round timeout (default 500)")
+    p.add_argument("--remote-ttl-s", type=int, help="expiry of remote blocks (default 0: none, the "
+                   "server's maxmemory policy evicts)")
+    p.add_argument("--remote-queue-mb", type=int, help="write-behind queue to the remote tier; blocks "
+                   "past it are dropped and counted (default 256)")
     p.add_argument("--inject-delay-ms", type=int,
                    help="for testing only: delay every data-plane request this long (default 0)")
     p.add_argument("--inject-garbage", type=float, metavar="RATE",

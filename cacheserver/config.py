@@ -39,6 +39,10 @@ class ServeConfig:
     max_batch: int = 4096  # most keys in one data-plane request
     max_rest_body_mb: int = 64  # largest REST request body
     flash_sync: bool = False  # durable: write-through to flash, LMDB synced on every commit
+    remote: str = ""  # remote tier: redis:// or rediss:// URLs, comma-separated (Redis Cluster, Valkey)
+    remote_timeout_ms: int = 500  # one remote round's connect and socket timeout
+    remote_ttl_s: int = 0  # expiry of blocks written to the remote tier (0: its maxmemory policy evicts)
+    remote_queue_mb: int = 256  # write-behind queue to the remote tier; blocks past it are dropped
     inject_delay_ms: int = 0  # testing only: every data-plane request waits this long first
     inject_garbage: float = 0.0  # testing only: this share of data-plane replies is a corrupted frame
 
@@ -62,9 +66,19 @@ class ServeConfig:
             raise ValueError(f"inject_delay_ms must be 0-60000, got {self.inject_delay_ms}")
         if not 0 <= self.inject_garbage <= 1:
             raise ValueError(f"inject_garbage is a share of replies, 0-1, got {self.inject_garbage}")
+        if self.remote:
+            self.remote_settings()  # ValueError saying which URL is malformed
         from tiers.registry import make_policy
 
         make_policy(self.policy)  # ValueError naming the known policies
+
+    def remote_settings(self):
+        """The remote tier's settings (``tiers.remote.RemoteSettings``); only when ``remote``."""
+        from tiers.remote import RemoteSettings
+
+        urls = tuple(u.strip() for u in self.remote.split(",") if u.strip())
+        return RemoteSettings(urls, timeout_s=self.remote_timeout_ms / 1000, ttl_s=self.remote_ttl_s,
+                              queue_bytes=self.remote_queue_mb << 20)
 
     @property
     def max_frame_bytes(self) -> int:
@@ -77,6 +91,10 @@ class ServeConfig:
         """The settings as a dict, without the admin token."""
         out = dataclasses.asdict(self)
         out["admin_token"] = "<set>" if self.admin_token else ""
+        if self.remote:
+            from tiers.remote import redact
+
+            out["remote"] = ",".join(redact(self.remote_settings().urls))
         return out
 
 

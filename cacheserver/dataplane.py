@@ -196,7 +196,9 @@ class DataPlane:
             if len(results) == len(keys):
                 break
             # A block arrived since the sizes were read: the rest goes into another arena.
-            arenas.append(self.arenas.take(2 * arenas[-1].nbytes))
+            # (Blocks the remote tier answered are sized only now.)
+            rest = sum(max(0, n) for n in self.store.sizes(keys[len(results):]))
+            arenas.append(self.arenas.take(max(2 * arenas[-1].nbytes, rest)))
 
         def done() -> None:
             if hold:

@@ -14,7 +14,14 @@ _TIER_GAUGES = {"capacity_bytes": "capacity in bytes", "used_bytes": "bytes in u
 _TIER_COUNTERS = ("hits", "misses", "evictions", "promotions", "demotions", "bytes_in", "bytes_out",
                   "write_errors")
 _STORE_COUNTERS = ("puts", "put_bytes", "gets", "hits", "misses", "dropped", "stranded",
-                   "checksum_failures", "rejected_full")
+                   "checksum_failures", "rejected_full", "remote_promotions")
+_REMOTE_COUNTERS = {"rounds": "batched read rounds", "hits": "blocks found", "misses": "blocks not found "
+                    "(absent, or lost to a fault)", "corrupt": "values refused (checksum, header, torn, "
+                    "foreign) and deleted", "errors": "blocks whose read failed", "skipped": "blocks not "
+                    "asked while the breaker was open", "bytes_in": "verified payload bytes read",
+                    "writes": "blocks written behind", "write_bytes": "value bytes written",
+                    "write_errors": "blocks whose write failed", "dropped_writes": "blocks not written "
+                    "(queue full or breaker open)", "breaker_opens": "times the breaker opened"}
 
 
 class KvtierCollector(Collector):
@@ -38,6 +45,8 @@ class KvtierCollector(Collector):
             for t in stats["tiers"]:
                 c.add_metric([t["name"]], t[name])
             yield c
+        if stats["remote"] is not None:
+            yield from _remote(stats["remote"])
         yield from self._data_plane()
 
     def _data_plane(self):
@@ -57,6 +66,19 @@ class KvtierCollector(Collector):
         yield CounterMetricFamily("kvtier_dataplane_connections", "connections accepted", value=p.connections)
         yield GaugeMetricFamily("kvtier_dataplane_open_connections", "open connections",
                                 value=p.open_connections)
+
+
+def _remote(remote: dict):
+    for name, doc in _REMOTE_COUNTERS.items():
+        yield CounterMetricFamily(f"kvtier_remote_{name}", f"remote tier: {doc}", value=remote[name])
+    yield GaugeMetricFamily("kvtier_remote_queued_bytes", "remote tier: bytes waiting to be written",
+                            value=remote["queued_bytes"])
+    yield GaugeMetricFamily("kvtier_remote_breaker_open", "remote tier: 1 while the breaker is open",
+                            value=int(remote["breaker_open"]))
+    faults = CounterMetricFamily("kvtier_remote_faults", "remote tier: faults by kind", labels=["kind"])
+    for kind, n in sorted(remote["faults"].items()):
+        faults.add_metric([kind], n)
+    yield faults
 
 
 def registry_for(store: TieredStore, plane: DataPlaneCounters) -> CollectorRegistry:

@@ -71,6 +71,9 @@ class Service:
             shared = "; its clients map the DRAM tier (shared memory)" if self.plane.shared_tier else ""
             print(f"kvtier serve: data plane on unix://{c.unix_socket}{shared}", flush=True)
         print(f"kvtier serve: tiers {self.store.tier_names}, {len(self.store)} blocks from flash", flush=True)
+        if self.store.remote is not None:
+            print(f"kvtier serve: remote tier {self.store.remote.stats()['urls']} (written behind)",
+                  flush=True)
         if c.flash_sync and not self.flash_problem:
             print("kvtier serve: durable mode: every put is written through to flash and synced", flush=True)
         if self.flash_problem:

@@ -1,4 +1,5 @@
-"""The tiered store a ``ServeConfig`` describes: HBM (if sized), DRAM, flash (if sized).
+"""The tiered store a ``ServeConfig`` describes: HBM (if sized), DRAM, flash (if sized),
+and the remote tier below them (if ``remote`` names one).
 
 A flash tier that cannot be opened (folder not creatable, LMDB refuses it) does not stop
 the service: it starts without flash, logs why, and ``Built.flash_problem`` says so (the
@@ -47,7 +48,13 @@ def build_store(config: ServeConfig) -> Built:
         raise ValueError(f"no tier could be opened: {problem}; fix the flash folder or give --dram-gb a size")
     # Durable mode stays on without flash: the store then refuses every put (NOT_DURABLE)
     # rather than acknowledge one that a crash would lose.
-    return Built(TieredStore(tiers, policy=config.policy, write_through=config.flash_sync), problem)
+    remote = None
+    if config.remote:
+        from tiers.remote import RemoteTier
+
+        remote = RemoteTier(config.remote_settings())  # connects on first use: it may be down now
+    store = TieredStore(tiers, policy=config.policy, write_through=config.flash_sync, remote=remote)
+    return Built(store, problem)
 
 
 def open_flash(config: ServeConfig) -> tuple[Tier | None, str]:

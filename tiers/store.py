@@ -13,6 +13,12 @@ Tiers are ordered fastest first (HBM, DRAM, flash). The store owns the index (ke
   go first; a block with children is dropped only when no leaf can make room.
 - Pinned blocks are out of their tier's policy, so nothing evicts them.
 
+Below the last tier there may be a ``RemoteTier`` (Redis Cluster / Valkey, shared by
+every cache service). It is not one of ``tiers``: the store keeps no index of it. A lookup
+or get that misses the local tiers asks it in one batched round, off the store's lock, and
+places the blocks it answers in the local tiers (a promotion); new blocks of a put go to it
+write-behind, queued after the lock is released.
+
 All public methods take one lock, so the store is safe to share between threads. What a
 policy learns from lookups beyond O(keys) (``EvictionPolicy.learn``) runs off that lock:
 in a background thread, or inline after each lookup with ``learn_inline`` (deterministic,
@@ -42,7 +48,8 @@ from tiers.base import (
     UnknownBlockError,
 )
 from tiers.policy import EvictionPolicy
-from tiers.registry import make_policy
+from tiers.registry import DEFAULT_POLICY, make_policy
+from tiers.remote import RemoteTier
 from tiers.victims import LEAF_SCAN_LIMIT, leaves_first
 
 log = logging.getLogger(__name__)
@@ -98,6 +105,7 @@ class StoreCounters:
     rejected_full: int = 0  # blocks refused because pinned blocks left no room
     oversize: int = 0  # blocks not stored because their own batch outgrew the store
     not_durable: int = 0  # blocks refused in durable mode because the last tier did not take them
+    remote_promotions: int = 0  # blocks the remote tier answered, placed in a local tier
 
 
 @dataclass
@@ -122,6 +130,8 @@ class TieredStore:
         write_through: bool = False,
         promote_on_read: bool = True,
         learn_inline: bool = False,
+        *,
+        remote: RemoteTier | None = None,
     ):
         if not tiers:
             raise ValueError("a store needs at least one tier")
@@ -129,10 +139,11 @@ class TieredStore:
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be distinct, got {names}")
         self._tiers = [_TierState(t, make_policy(policy)) for t in tiers]
-        self.policy_name = policy
+        self.policy_name = DEFAULT_POLICY if policy == "default" else policy  # what stats report
         self.write_through = write_through
         self.promote_on_read = promote_on_read
         self.counters = StoreCounters()
+        self.remote = remote
         self._index: dict[bytes, BlockMeta] = {}
         self._pin_expiries: list[tuple[float, bytes]] = []  # heap
         self._lock = threading.RLock()
@@ -186,19 +197,29 @@ class TieredStore:
         a request begins, which adaptive policies replay in their shadow caches (``learn``).
         """
         keys = list(keys)
-        out = []
         with self._lock:
             for s in self._tiers:
                 s.policy.observe(keys)
-            for key in keys:
-                meta = self._index.get(key)
-                if meta is None:
-                    break
-                out.append(self._tiers[_top(meta.tiers)].tier.name)
+            out = self._leading_tiers(keys, 0)
+        if self.remote is not None and len(out) < len(keys):
+            # The rest of the prefix from the remote tier (off the lock), placed locally.
+            self._admit_remote(self.remote.fetch(keys[len(out):], chain=True))
+            with self._lock:
+                out += self._leading_tiers(keys, len(out))
         if self._learn_inline:
             self.learn()
         elif self._learner is not None:
             self._observed.set()
+        return out
+
+    def _leading_tiers(self, keys: list[bytes], start: int) -> list[str]:
+        """Tier names of the present keys from ``start`` up to the first missing one."""
+        out = []
+        for key in keys[start:]:
+            meta = self._index.get(key)
+            if meta is None:
+                break
+            out.append(self._tiers[_top(meta.tiers)].tier.name)
         return out
 
     def learn(self) -> None:
@@ -290,6 +311,12 @@ class TieredStore:
 
     def _fetch(self, keys: Sequence[bytes], arena: memoryview | None, locate: bool = False,
                hold: bool = False) -> list:
+        if self.remote is not None:
+            # Membership without the lock is safe (a dict lookup is atomic under the GIL);
+            # a block that arrives or leaves meanwhile is settled under the lock below.
+            missing = [k for k in keys if k not in self._index]
+            if missing:
+                self._admit_remote(self.remote.fetch(missing, chain=False))
         with self._lock:
             plan = self._plan_reads(keys, arena)
             out: list = [None] * len(plan)
@@ -426,52 +453,93 @@ class TieredStore:
             _check_block(b)
             self._tiers[0].tier.footprint(b.size)  # PayloadSizeError before any change
         now = time.time()
+        kept: list[Block] = []
+        try:
+            with self._lock:
+                return self._put_locked(blocks, now, kept)
+        finally:
+            if kept and self.remote is not None:
+                self.remote.write_behind(kept)  # encodes (copies) the payloads: off the lock
+
+    def _put_locked(self, blocks: Sequence[Block], now: float, kept: list[Block]) -> int:
+        """``put`` under the lock; appends to ``kept`` the new blocks it stored."""
+        self._expire_pins()
+        new: list[Block] = []
+        seen: set[bytes] = set()
+        touched: list[bytes] = []
+        batch: list[Block] = []
+        for b in blocks:
+            if b.key in seen:
+                continue
+            seen.add(b.key)
+            touched.append(b.key)
+            batch.append(b)
+            meta = self._index.get(b.key)
+            if meta is not None:
+                meta.last_access = now
+                continue
+            self._index[b.key] = BlockMeta(b.parent, b.depth, b.size, last_access=now)
+            new.append(b)
+        homeless = self._place_new(new)
+        refused = self._write_through(batch) if self.write_through else set()
+        self._keep(new, refused)
+        kept += [b for b in new if b.key in self._index and b.key not in refused]
+        self._touch_chain(touched)
+        if refused:
+            self.counters.not_durable += len(refused)
+            last = self._tiers[-1]
+            why = last.write_problem if last.tier.persistent else "no persistent tier is open"
+            raise NotDurableError(
+                f"{len(refused)} of {len(blocks)} blocks were not stored: durable mode keeps only "
+                f"blocks written to {last.tier.name}, and it did not take them ({why or 'no room'}); "
+                "the service keeps serving what it holds, and a retry writes them again"
+            )
+        if homeless and any(s.pinned for s in self._tiers):
+            self.counters.rejected_full += len(homeless)
+            raise StoreFullError(
+                f"{len(homeless)} of {len(blocks)} blocks were not stored: the tiers are full "
+                "of pinned blocks and of this batch's own blocks; unpin some or add capacity"
+            )
+        # Otherwise the batch alone is larger than the store: its head is kept (a prefix
+        # is what can be reused), the rest is counted, as a cache drops what cannot fit.
+        self.counters.oversize += len(homeless)
+        return len(new) - len(homeless)
+
+    def _place_new(self, new: list[Block]) -> list[Block]:
+        """Place blocks just added to the index, fastest tier first; those placed nowhere."""
+        homeless = new
+        for t in range(len(self._tiers)):
+            if not homeless:
+                break
+            placed = set(self._place(t, homeless))
+            homeless = [b for b in homeless if b.key not in placed]
+        return homeless
+
+    def _admit_remote(self, blocks: list[Block]) -> None:
+        """Place blocks the remote tier answered in the local tiers (a promotion: not a put,
+        not written back). A block that finds no room is simply not kept."""
+        if not blocks:
+            return
         with self._lock:
-            self._expire_pins()
-            new: list[Block] = []
-            seen: set[bytes] = set()
-            touched: list[bytes] = []
-            batch: list[Block] = []
+            now = time.time()
+            new = []
             for b in blocks:
-                if b.key in seen:
-                    continue
-                seen.add(b.key)
-                touched.append(b.key)
-                batch.append(b)
+                if b.key not in self._index:
+                    self._index[b.key] = BlockMeta(b.parent, b.depth, b.size, last_access=now)
+                    new.append(b)
+            homeless = {b.key for b in self._place_new(new)}
+            for b in new:
                 meta = self._index.get(b.key)
-                if meta is not None:
-                    meta.last_access = now
+                if meta is None:  # dropped again by a cascade of this same placement
                     continue
-                self._index[b.key] = BlockMeta(b.parent, b.depth, b.size, last_access=now)
-                new.append(b)
-            homeless = new
-            for t in range(len(self._tiers)):
-                if not homeless:
-                    break
-                placed = set(self._place(t, homeless))
-                homeless = [b for b in homeless if b.key not in placed]
-            refused = self._write_through(batch) if self.write_through else set()
-            self._keep(new, refused)
-            self._touch_chain(touched)
-            if refused:
-                self.counters.not_durable += len(refused)
-                last = self._tiers[-1]
-                why = last.write_problem if last.tier.persistent else "no persistent tier is open"
-                raise NotDurableError(
-                    f"{len(refused)} of {len(blocks)} blocks were not stored: durable mode keeps only "
-                    f"blocks written to {last.tier.name}, and it did not take them ({why or 'no room'}); "
-                    "the service keeps serving what it holds, and a retry writes them again"
-                )
-            if homeless and any(s.pinned for s in self._tiers):
-                self.counters.rejected_full += len(homeless)
-                raise StoreFullError(
-                    f"{len(homeless)} of {len(blocks)} blocks were not stored: the tiers are full "
-                    "of pinned blocks and of this batch's own blocks; unpin some or add capacity"
-                )
-            # Otherwise the batch alone is larger than the store: its head is kept (a prefix
-            # is what can be reused), the rest is counted, as a cache drops what cannot fit.
-            self.counters.oversize += len(homeless)
-            return len(new) - len(homeless)
+                if b.key in homeless:
+                    self._unplace(b.key, meta)
+                    continue
+                parent = self._index.get(b.parent)
+                if parent is not None:
+                    parent.children += 1
+                self.counters.remote_promotions += 1
+            self._touch_chain([b.key for b in new])
 
     def _write_through(self, batch: list[Block]) -> set[bytes]:
         """Durable mode: put this batch's blocks (new, or held but no longer in the last
@@ -831,6 +899,8 @@ class TieredStore:
                 self.persist()
             for s in self._tiers:
                 s.tier.close()
+        if self.remote is not None:
+            self.remote.close()  # sends what is queued: network I/O, off the lock
         if self._learner is not None:
             self._stopping.set()
             self._observed.set()
@@ -839,6 +909,7 @@ class TieredStore:
     # -- counters -----------------------------------------------------------------------
 
     def stats(self) -> dict:
+        remote = self.remote.stats() if self.remote is not None else None
         with self._lock:
             c = self.counters
             tiers = []
@@ -859,6 +930,7 @@ class TieredStore:
                 "hit_rate": c.hits / c.gets if c.gets else 0.0,
                 **vars(c),
                 "tiers": tiers,
+                "remote": remote,
             }
 
 
