@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # subcommand -> module defining it; a new command is one module and one line here.
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``kvtier admin ls | head``): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ValueError as e:  # bad settings and input: say what is wrong, no traceback
         print(f"kvtier {args.command}: error: {e}", file=sys.stderr)
         return 2
