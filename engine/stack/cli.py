@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="every replica's device: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--dram-gb", type=float, default=2.0, help="cache service DRAM tier (default 2)")
     p.add_argument("--flash-gb", type=float, default=8.0, help="cache service flash tier (default 8)")
+    p.add_argument("--remote", default="", metavar="URL[,URL...]",
+                   help="the cache service's remote tier, shared with other hosts: Redis Cluster or "
+                   "Redis/Valkey URLs (kvtier serve --remote; see docs/remote.md)")
     p.add_argument("--pin-system-prompt", metavar="FILE",
                    help="each replica prefills this system prompt at start and pins its blocks")
     p.add_argument("--block-hash", default="xxh3_128", choices=("xxh3_128", "sha256"),
@@ -34,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     config = StackConfig(
         host=args.host, port=args.port, replicas=args.replicas, data_dir=args.data_dir, model=args.model,
         kv_cache_gb=args.kv_cache_gb, device=args.device, dram_gb=args.dram_gb, flash_gb=args.flash_gb,
+        remote=args.remote,
         pin_system_prompt=args.pin_system_prompt, block_hash=args.block_hash,
         hash_secret_file=args.hash_secret_file,
     )

@@ -36,6 +36,7 @@ class StackConfig:
     device: str = "auto"  # every replica's (--device of kvtier engine)
     dram_gb: float = 2.0
     flash_gb: float = 8.0
+    remote: str = ""  # the cache service's remote tier (kvtier serve --remote), if any
     pin_system_prompt: str | None = None  # a file each replica prefills and pins at start
     block_hash: str = "xxh3_128"
     hash_secret_file: str | None = None
@@ -71,6 +72,8 @@ class Stack:
         serve = ["serve", "--host", c.host, "--port", str(rest), "--data-port", str(data),
                  "--flash-dir", str(Path(c.data_dir) / "flash"), "--dram-gb", str(c.dram_gb),
                  "--flash-gb", str(c.flash_gb)]
+        if c.remote:
+            serve += ["--remote", c.remote]
         # The replicas run on this host: they reach the cache service on its Unix socket,
         # and copy blocks out of its shared DRAM tier (TCP if the path is too long for one).
         sock = (Path(c.data_dir) / "cache.sock").resolve()
