@@ -27,7 +27,7 @@ from engine.runtime.block_manager import BlockManager
 from engine.runtime.connector import CacheConnector, FetchResult, SavedBlock
 from engine.runtime.model_runner import ModelRunner
 from engine.runtime.outputs import RequestOutput
-from engine.runtime.sampler import sample
+from engine.runtime.sampler import adjust_logits, sample
 from engine.runtime.sampling_params import SamplingParams
 from engine.runtime.scheduler import ScheduledChunk, Scheduler
 from engine.runtime.sequence import Sequence
@@ -130,6 +130,7 @@ class LLMEngine:
                 f"per sequence (context {self.max_model_len}), prompt and output together"
             )
         params = params or SamplingParams()
+        params.check_vocab(self.model_config.vocab_size)
         if params.stop and self.tokenizer is None:
             raise InvalidRequestError("stop strings need a tokenizer; this model has none")
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -264,7 +265,9 @@ class LLMEngine:
             zip(sampling, self._sample(sampling, logits), strict=True))]
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[int]:
-        return sample(logits, [c.seq.params for c in chunks], [c.seq.generator for c in chunks])
+        seqs = [c.seq for c in chunks]
+        adjusted = adjust_logits(logits, seqs, self.eos_token_ids)  # a copy: logprobs use the raw logits
+        return sample(adjusted, [s.params for s in seqs], [s.generator for s in seqs])
 
     def _append(self, chunk: ScheduledChunk, logits: torch.Tensor, token: int) -> RequestOutput:
         seq = chunk.seq

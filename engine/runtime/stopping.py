@@ -19,9 +19,12 @@ def check_stop(
 
     ``stop`` for an end-of-sequence token, a stop token or a stop string (the text ends
     before it); ``length`` at ``max_tokens`` or the longest sequence the engine holds.
+    Before ``min_tokens`` only the length stops it (the sampler masks the end tokens).
     """
     params = seq.params
     last = seq.token_ids[-1]
+    if seq.num_output_tokens < params.min_tokens:
+        return _length(seq, max_seq_len, tokenizer)
     if (last in eos_token_ids and not params.ignore_eos) or last in params.stop_token_ids:
         return "stop", _text(seq, tokenizer)
     if params.stop and tokenizer is not None:
@@ -29,7 +32,11 @@ def check_stop(
         cut = find_stop_string(text, params.stop)
         if cut is not None:
             return "stop", text[:cut]
-    if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= max_seq_len:
+    return _length(seq, max_seq_len, tokenizer)
+
+
+def _length(seq: Sequence, max_seq_len: int, tokenizer: Tokenizer | None) -> tuple[str, str] | None:
+    if seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= max_seq_len:
         return "length", _text(seq, tokenizer)
     return None
 
