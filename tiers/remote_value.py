@@ -17,7 +17,8 @@ another key is refused as foreign. A value just over a jemalloc size class (a 2 
 payload plus its 60 bytes) would take the next class, 25% more memory; such a value is cut
 at the class boundary into a head (``kvtier:{hex}``, exactly the class) and a tail
 (``kvtier:{hex}+``, the few bytes left). The tail is written before the head and both are
-read with one MGET (one slot), so a reader never takes a head without its tail for whole.
+read in one pipeline (one slot, one node), so a reader never takes a head without its tail
+for whole.
 """
 
 from __future__ import annotations
