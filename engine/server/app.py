@@ -26,7 +26,9 @@ from engine.runtime.async_engine import AsyncEngine
 from engine.runtime.llm_engine import Prompt
 from engine.runtime.outputs import RequestOutput
 from engine.runtime.sampling_params import SamplingParams
+from engine.server import fields
 from engine.server import openai_api as api
+from engine.server.logprobs import LogprobShaper
 from engine.server.metrics import ServerMetrics
 from engine.server.streaming import TextDeltas
 
@@ -40,6 +42,11 @@ class ServerConfig:
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
            param: str | None = None) -> JSONResponse:
     return JSONResponse(api.error_body(message, kind, code, param), status_code=status)
+
+
+def _refused(e: ValueError) -> JSONResponse:
+    """A request the server will not run as sent: 400, naming the field where one is to blame."""
+    return _error(400, str(e), param=e.param if isinstance(e, fields.FieldError) else None)
 
 
 class ChatService:
@@ -107,10 +114,11 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
         if (bad := service.check_model(req.model)) is not None:
             return bad
         try:
+            fields.check(fields.CHAT, req.sent_fields())
             params = req.sampling_params(config.default_max_tokens)
             prompt = service.chat_prompt(req)
         except ValueError as e:
-            return _error(400, str(e))
+            return _refused(e)
         return await _respond(service, request, req, prompt=prompt, params=params, chat=True)
 
     @app.post("/v1/completions")
@@ -118,9 +126,10 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
         if (bad := service.check_model(req.model)) is not None:
             return bad
         try:
+            fields.check(fields.COMPLETIONS, req.sent_fields())
             params = req.sampling_params(config.default_max_tokens)
         except ValueError as e:
-            return _error(400, str(e))
+            return _refused(e)
         return await _respond(service, request, req, prompt=req.prompt, params=params, chat=False)
 
     @app.get("/v1/models")
@@ -152,10 +161,13 @@ async def _respond(service: ChatService, request: Request, req: api._Common, *, 
         code = "context_length_exceeded" if "tokens" in str(e) else None
         return _error(400, str(e), code=code)
     rid = api.new_id("chatcmpl" if chat else "cmpl")
+    shaper = None
+    if params.logprobs is not None:
+        shaper = LogprobShaper(service.engine.engine.tokenizer, params.logprobs)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = _sse(service, outputs, first, rid=rid, chat=chat, stops=params.stop,
-                      include_usage=include_usage)
+                      include_usage=include_usage, shaper=shaper)
         return StreamingResponse(events, media_type="text/event-stream")
     last = first
     async for out in outputs:
@@ -165,30 +177,47 @@ async def _respond(service: ChatService, request: Request, req: api._Common, *, 
     usage = api.usage(len(last.prompt_token_ids), len(last.token_ids), last.num_cached_tokens,
                       last.cached_tokens_by_source)
     model = service.config.model_name
+    logprobs = _shape(shaper, chat, last, 0)
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": last.text}, "logprobs": None,
+        choice = {"index": 0, "message": {"role": "assistant", "content": last.text}, "logprobs": logprobs,
                   "finish_reason": last.finish_reason}
         body = {"id": rid, "object": "chat.completion", "created": api.now(), "model": model,
                 "choices": [choice], "usage": usage}
     else:
-        body = api.completion_chunk(rid, model, api.now(), last.text, last.finish_reason) | {"usage": usage}
+        body = api.completion_chunk(rid, model, api.now(), last.text, last.finish_reason, logprobs=logprobs)
+        body |= {"usage": usage}
     return JSONResponse(body)
 
 
+def _shape(shaper: LogprobShaper | None, chat: bool, out: RequestOutput, start: int) -> dict | None:
+    """The logprobs object of ``out``'s tokens from ``start`` on (None when not asked for)."""
+    if shaper is None:
+        return None
+    token_ids, entries = out.token_ids[start:], (out.logprobs or [])[start:]
+    return shaper.chat(token_ids, entries) if chat else shaper.completion(token_ids, entries)
+
+
 async def _sse(service: ChatService, outputs: AsyncIterator[RequestOutput], first: RequestOutput, *,
-               rid: str, chat: bool, stops: tuple[str, ...], include_usage: bool) -> AsyncIterator[bytes]:
+               rid: str, chat: bool, stops: tuple[str, ...], include_usage: bool,
+               shaper: LogprobShaper | None) -> AsyncIterator[bytes]:
     model, created = service.config.model_name, api.now()
     tokenizer = service.engine.engine.tokenizer
     deltas = TextDeltas(stops)
+    num_sent = 0  # tokens whose logprobs have gone out
 
     def event(body: dict) -> bytes:
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
-    def chunk(text: str, finish: str | None, role: bool = False) -> dict:
+    def chunk(text: str, finish: str | None, role: bool = False, out: RequestOutput | None = None) -> dict:
+        nonlocal num_sent
+        logprobs = None
+        if out is not None and shaper is not None and len(out.token_ids) > num_sent:
+            logprobs = _shape(shaper, chat, out, num_sent)
+            num_sent = len(out.token_ids)
         if not chat:
-            return api.completion_chunk(rid, model, created, text, finish)
+            return api.completion_chunk(rid, model, created, text, finish, logprobs=logprobs)
         delta = {"role": "assistant", "content": text} if role else {"content": text} if text else {}
-        return api.chat_chunk(rid, model, created, delta, finish)
+        return api.chat_chunk(rid, model, created, delta, finish, logprobs=logprobs)
 
     if chat:
         yield event(chunk("", None, role=True))
@@ -198,9 +227,9 @@ async def _sse(service: ChatService, outputs: AsyncIterator[RequestOutput], firs
             text = out.text if out.finished else (tokenizer.decode(out.token_ids) if tokenizer else "")
             new = deltas.delta(text, out.finished)
             if new:
-                yield event(chunk(new, None))
+                yield event(chunk(new, None, out=out))
             if out.finished:
-                yield event(chunk("", out.finish_reason))
+                yield event(chunk("", out.finish_reason, out=out))
                 break
             out = await anext(outputs)
     except StopAsyncIteration:  # aborted: the client went away
