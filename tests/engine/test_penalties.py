@@ -108,3 +108,14 @@ def test_min_tokens_and_logit_bias_on_the_tiny_model():
     biased = engine.generate([PROMPT], SamplingParams(temperature=0.8, seed=1, max_tokens=6,
                                                       logit_bias={7: 100}))[0]
     assert biased.token_ids == [7] * 6
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_every_adjustment_runs_on_the_logits_device(device):
+    seq = seq_with([4], [0, 3, 0], frequency_penalty=0.5, presence_penalty=0.25, repetition_penalty=2.0,
+                   logit_bias={2: 1.0}, min_tokens=4, stop_token_ids=[1])
+    logits = ROW[None].to(device)
+    out = adjust_logits(logits, [seq], end_token_ids={4})
+    assert out.device == logits.device
+    # 0: 2/2 - 2*0.5 - 0.25; 1: masked; 2: 0.5 + 1; 3: 3/2 - 0.5 - 0.25; 4: masked (end token)
+    assert out[0].cpu().tolist() == [-0.25, float("-inf"), 1.5, 0.75, float("-inf")]
