@@ -3,7 +3,8 @@
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (plain and streamed
 as server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``),
 ``GET /v1/models``, ``GET /healthz``, ``GET /metrics``. Errors come in OpenAI's error shape:
-400 for bad parameters and prompts longer than the context, 404 for an unknown model.
+400 for bad parameters, prompts longer than the context, and request fields the server does
+not serve (``fields.FIELDS`` says which; ``param`` names the field), 404 for an unknown model.
 A client that disconnects mid-request aborts it, which frees its pages.
 """
 
