@@ -8,7 +8,8 @@ out=${2:-benchmarks/results/gpu}
 mkdir -p "$out"
 status=0
 "$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee "$out/device.txt" || status=1
-"$py" -m pytest -m gpu -v -p no:cacheprovider --timeout 120 tests/engine/test_gpu.py tests/tiers/test_slab.py 2>&1 \
+"$py" -m pytest -m gpu -v -p no:cacheprovider --timeout 120 \
+  tests/engine/test_gpu.py tests/engine/test_penalties.py tests/tiers/test_slab.py 2>&1 \
   | tee "$out/pytest.log" || status=1
 timeout 330 "$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --max-seconds 200 \
   --json "$out/engine-llama3-8b.json" 2>&1 | tee "$out/engine-llama3-8b.log" || status=1
