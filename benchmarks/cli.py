@@ -19,6 +19,7 @@ BENCHMARKS = {
     "ttft": "benchmarks.ttft",
     "router": "benchmarks.router",
     "soak": "benchmarks.soak",
+    "remote": "benchmarks.remote_bench",
 }
 
 
