@@ -17,6 +17,18 @@ in arrival order:
    what one sequence does) for ``output_tokens / decode_tps``. The request is in flight
    from arrival until its last token.
 
+A shared remote tier (``FleetSpec.remote_blocks`` > 0) models hosts that each keep a small
+local cache and share one remote store (Redis Cluster or Valkey, ``tiers.remote``): one
+``TieredStore`` over a metadata-only tier of ``remote_blocks`` blocks that every replica's
+local misses fall back to. A request's hits are its leading blocks cached locally, then
+the run of the next ones cached remotely (prefix semantics: the lookup stops at the first
+block missing from both); remote hits are promoted into the local cache (its ``put``).
+Each remote hit costs ``block_bytes / remote_bps`` seconds of transfer in the replica's
+prefill slot instead of its recompute (load and compute taken as serial, as
+``benchmarks.sizing`` does: conservative). Writes are write-behind, off the data path: a
+request's blocks become visible in the remote tier when its prefill is done plus the
+transfer of the blocks it computed, not at arrival as in the local cache.
+
 Load imbalance, sampled just after each placement (when the ring's bound is applied)::
 
     ratio(t) = max_i load_i(t) / mean_i load_i(t),   load = requests in flight
@@ -52,10 +64,22 @@ class CostModel:
     block_tokens: int
     prefill_tps: float  # prompt tokens/s of one replica
     decode_tps: float  # output tokens/s of one sequence (in a batch)
+    block_bytes: int = 0  # bytes of one block's KV, moved on a remote hit or write
+    remote_bps: float = 0.0  # the remote tier's read bandwidth, bytes/s (0: no remote tier)
 
     def __post_init__(self) -> None:
         if self.block_tokens < 1 or self.prefill_tps <= 0 or self.decode_tps <= 0:
             raise ValueError(f"block tokens and token rates must be positive, got {self}")
+        if self.block_bytes < 0 or self.remote_bps < 0:
+            raise ValueError(f"block bytes and remote bandwidth must not be negative, got {self}")
+
+    def remote_s(self, blocks: int) -> float:
+        """Transfer time of ``blocks`` from (or to) the remote tier."""
+        if not blocks:
+            return 0.0
+        if self.remote_bps <= 0:
+            raise ValueError("a remote tier needs its bandwidth (remote_bps) in the cost model")
+        return blocks * self.block_bytes / self.remote_bps
 
     def prefill_s(self, blocks: int) -> float:
         return blocks * self.block_tokens / self.prefill_tps
@@ -69,6 +93,7 @@ class FleetSpec:
     replicas: int
     cache_blocks: int  # each replica's local cache
     epsilon: float = 0.25  # the ring's bound: ceil((1 + ε) · mean)
+    remote_blocks: int = 0  # the shared remote tier's capacity in blocks (0: isolated hosts)
 
 
 @dataclass(frozen=True)
@@ -88,17 +113,27 @@ class Replica:
         self.store = TieredStore([MetadataTier("dram", cache_blocks)], policy="default")
         self.prefill_free_s = 0.0  # when the prefill queue empties
         self.busy_s = 0.0
-        self.requests = self.hit_blocks = self.requested_blocks = 0
+        self.requests = self.hit_blocks = self.requested_blocks = self.remote_hit_blocks = 0
+        self.remote_load_s = 0.0
         self.ttft_s: list[float] = []
 
-    def serve(self, a: Arrival, cost: CostModel) -> float:
-        """Serve ``a``; returns its completion time."""
+    def serve(self, a: Arrival, cost: CostModel, remote: TieredStore | None = None) -> float:
+        """Serve ``a`` (local misses fall back to ``remote``); returns its completion time."""
         keys = [b.key for b in a.blocks]
         hit = len(self.store.lookup(keys))
         if hit:
             self.store.get(keys[:hit])
-        self.store.put(a.blocks)
-        prefill = cost.prefill_s(len(keys) - hit)
+        far = 0
+        if remote is not None and hit < len(keys):
+            far = len(remote.lookup(keys[hit:]))
+            if far:
+                remote.get(keys[hit:hit + far])
+        self.store.put(a.blocks)  # stores the computed blocks, promotes the remote hits
+        load = cost.remote_s(far)
+        prefill = cost.prefill_s(len(keys) - hit - far) + load
+        self.remote_hit_blocks += far
+        self.remote_load_s += load
+        hit += far
         start = max(a.at_s, self.prefill_free_s)
         self.prefill_free_s = start + prefill
         self.busy_s += prefill
@@ -119,6 +154,9 @@ def simulate(arrivals: Sequence[Arrival], policy: str, fleet: FleetSpec, cost: C
     replicas = [Replica(fleet.cache_blocks) for _ in range(fleet.replicas)]
     loads = [0] * fleet.replicas
     done: list[tuple[float, int, int]] = []  # heap of (completion time, sequence, replica)
+    remote = (TieredStore([MetadataTier("remote", fleet.remote_blocks)], policy="default")
+              if fleet.remote_blocks else None)
+    writes: list[tuple[float, int, list[Block]]] = []  # heap of (visible in remote at, sequence, blocks)
     homes: dict[str, set[int]] = {}  # router key -> replicas its requests went to
     ratios, over_bound, end_s = [], 0, 0.0
     for seq, a in enumerate(arrivals):
@@ -126,13 +164,20 @@ def simulate(arrivals: Sequence[Arrival], policy: str, fleet: FleetSpec, cost: C
             _, _, node = heapq.heappop(done)
             loads[node] -= 1
             router.release(node)
+        while writes and writes[0][0] <= a.at_s:
+            remote.put(heapq.heappop(writes)[2])
         node = router.place(a.key, loads)
         loads[node] += 1
         total = sum(loads)
         ratios.append(max(loads) * fleet.replicas / total)
         over_bound += loads[node] > math.ceil((1 + fleet.epsilon) * total / fleet.replicas)  # the ring's cap
         homes.setdefault(a.key, set()).add(node)
-        finish = replicas[node].serve(a, cost)
+        r = replicas[node]
+        hits_before = r.hit_blocks
+        finish = r.serve(a, cost, remote)
+        if remote is not None:  # write-behind: the computed blocks, once prefill made them
+            computed = len(a.blocks) - (r.hit_blocks - hits_before)
+            heapq.heappush(writes, (r.prefill_free_s + cost.remote_s(computed), seq, a.blocks))
         end_s = max(end_s, finish)
         heapq.heappush(done, (finish, seq, node))
     start_s = arrivals[0].at_s if arrivals else 0.0
@@ -144,6 +189,7 @@ def simulate(arrivals: Sequence[Arrival], policy: str, fleet: FleetSpec, cost: C
 
 def _summary(replicas: list[Replica], ratios: list[float], span_s: float) -> dict:
     hits = sum(r.hit_blocks for r in replicas)
+    remote_hits = sum(r.remote_hit_blocks for r in replicas)
     requested = sum(r.requested_blocks for r in replicas)
     served = [r.requests for r in replicas]
     ttft = sorted(t for r in replicas for t in r.ttft_s)
@@ -155,7 +201,10 @@ def _summary(replicas: list[Replica], ratios: list[float], span_s: float) -> dic
         "utilisation": sum(r.busy_s for r in replicas) / (len(replicas) * span_s),
         "mean_ttft_s": sum(ttft) / len(ttft) if ttft else 0.0,
         "p90_ttft_s": _percentile(ttft, 0.9),
+        "remote_hit_share": remote_hits / hits if hits else 0.0,  # of all hits, from the remote tier
+        "remote_load_s": sum(r.remote_load_s for r in replicas),
         "hit_blocks": hits,
+        "remote_hit_blocks": remote_hits,
         "requested_blocks": requested,
     }
 

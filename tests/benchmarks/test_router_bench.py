@@ -92,8 +92,41 @@ def test_the_benchmark_writes_json_with_every_policy(tmp_path, capsys):
                               "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
     assert router.run(args) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert [r["policy"] for r in report["results"]] == list(POLICIES)
-    assert all({"hit_rate", "max_over_mean_load"} <= set(r) for r in report["results"])
+    assert [(r["policy"], r["shared_remote"]) for r in report["results"]] == \
+        [(p, False) for p in POLICIES] + [(p, True) for p in POLICIES]
+    assert all({"hit_rate", "max_over_mean_load", "remote_hit_share"} <= set(r) for r in report["results"])
     assert {t["check"] for t in report["targets"]} == {"hit rate vs consistent hashing", "max/mean load"}
     assert (tmp_path / "r.png").stat().st_size > 0
     assert "targets" in capsys.readouterr().out
+
+
+REMOTE = CostModel(block_tokens=256, prefill_tps=20_000, decode_tps=30, block_bytes=1 << 20, remote_bps=1e9)
+SHARED = FleetSpec(replicas=4, cache_blocks=400, remote_blocks=100_000)
+
+
+def test_a_shared_remote_tier_lifts_round_robin_towards_the_unlimited_rate():
+    from benchmarks.traces import unlimited_hit_rate
+
+    isolated = simulate(arrivals(), "round-robin", FLEET, REMOTE)
+    shared = simulate(arrivals(), "round-robin", SHARED, REMOTE)
+    requests = tenant_chat(random.Random(0), 600, PrefixIds(), tenants=10)
+    assert isolated["remote_hit_blocks"] == 0
+    assert shared["hit_rate"] > isolated["hit_rate"]
+    assert shared["remote_hit_share"] > 0
+    assert shared["hit_rate"] <= unlimited_hit_rate(requests) + 1e-9
+
+
+def test_remote_hits_cost_their_transfer_time():
+    """Each remote hit costs block bytes / bandwidth in the replica's prefill slot."""
+    fast = simulate(arrivals(), "bounded-load", SHARED, REMOTE)
+    slow_cost = CostModel(256, 20_000, 30, block_bytes=1 << 20, remote_bps=1e8)
+    slow = simulate(arrivals(), "bounded-load", SHARED, slow_cost)
+    assert fast["remote_hit_blocks"] > 0 and slow["remote_hit_blocks"] > 0
+    assert fast["remote_load_s"] == pytest.approx(fast["remote_hit_blocks"] * (1 << 20) / 1e9)
+    assert slow["remote_load_s"] == pytest.approx(slow["remote_hit_blocks"] * (1 << 20) / 1e8)
+    assert slow["mean_ttft_s"] > fast["mean_ttft_s"]
+
+
+def test_a_remote_tier_without_a_bandwidth_is_refused():
+    with pytest.raises(ValueError, match="bandwidth"):
+        simulate(arrivals(n=100), "round-robin", SHARED, COST)
