@@ -23,6 +23,8 @@ for whole.
 
 from __future__ import annotations
 
+import xxhash
+
 from tiers import record
 from tiers.base import Block
 
@@ -80,13 +82,33 @@ def encode(block: Block) -> tuple[bytes, bytes | None]:
 
 def decode(key: bytes, head: bytes | None, tail: bytes | None) -> Block | None:
     """The block a remote value holds: ``None`` when absent (no head), ``CorruptRecord``
-    when malformed, torn (head without its tail), failing its checksum, or another key's."""
+    when malformed, torn (head without its tail), failing its checksum, or another key's.
+
+    A value kept whole is served in place (the payload is a view into ``head``). A cut
+    value is verified in place too: its header is read from the head and the checksum
+    streamed over the head's payload bytes and the tail; only a verified payload is then
+    joined, the one copy (the local tiers take one contiguous buffer)."""
     if head is None:
         return None
-    value = head if tail is None else head + tail
-    if value[:KEY_BYTES] != key:
+    view = memoryview(head)
+    if view[:KEY_BYTES] != key:
         raise ForeignValue(f"value under {key.hex()} is for another key")
-    rec = memoryview(value)[KEY_BYTES:]
-    parent, depth, length, _ = record.decode_header(rec)
-    payload = record.payload_of(rec)
-    return Block(key, parent, depth, payload, length)
+    if tail is None:
+        rec = view[KEY_BYTES:]
+        parent, depth, length, _ = record.decode_header(rec)
+        return Block(key, parent, depth, record.payload_of(rec), length)
+    if len(view) < OVERHEAD:
+        raise record.CorruptRecord(f"head of {len(view)} B is shorter than its header")
+    # The header's own checks (magic, version, length) against the two parts' total length.
+    magic, version, depth, parent, length, checksum = record._HEADER.unpack_from(view, KEY_BYTES)
+    if magic != record.MAGIC or version != record.VERSION:
+        raise record.CorruptRecord(f"bad magic/version {magic!r}/{version}")
+    first = view[OVERHEAD:]
+    if length != len(first) + len(tail):
+        raise record.CorruptRecord(f"header says {length} B of payload, head and tail hold "
+                                   f"{len(first) + len(tail)}")
+    digest = xxhash.xxh3_64(first)
+    digest.update(tail)
+    if digest.intdigest() != checksum:
+        raise record.CorruptRecord("payload checksum mismatch")
+    return Block(key, parent, depth, b"".join((first, tail)), length)

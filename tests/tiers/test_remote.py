@@ -118,6 +118,32 @@ def test_a_damaged_value_is_a_miss_counted_and_deleted(make_remote, raw, damage)
     assert remote.counters.corrupt == 1
 
 
+@pytest.mark.parametrize("damage", ["flipped head byte", "flipped tail byte", "wrong version",
+                                    "tail too long", "short head"])
+def test_a_damaged_cut_value_is_refused_without_joining_its_parts(make_remote, raw, damage):
+    """Head and tail are verified in place (header from the head, checksum streamed over
+    both): damage in either part is a miss, counted and deleted, never a wrong block."""
+    remote = make_remote()
+    block = chain("cut", 1)[0]
+    block = make_block(block.key, block.parent, 0, payload_for(block.key, 2 << 20))
+    remote.write_behind([block])
+    assert remote.drain()
+    head, tail = remote_value.redis_keys(block.key)
+    h, t = raw.get(head), raw.get(tail)
+    if damage == "flipped head byte":
+        raw.set(head, h[:-1] + bytes([h[-1] ^ 1]))
+    elif damage == "flipped tail byte":
+        raw.set(tail, bytes([t[0] ^ 1]) + t[1:])
+    elif damage == "wrong version":
+        raw.set(head, h[:20] + b"\x07" + h[21:])
+    elif damage == "tail too long":
+        raw.set(tail, t + b"x")
+    else:
+        raw.set(head, h[:30])
+    assert remote.fetch([block.key], chain=True) == []
+    assert remote.counters.corrupt == 1 and raw.exists(head) == 0
+
+
 def test_two_hosts_share_a_prefix_and_the_reader_promotes_it(make_remote):
     a, b = host(make_remote()), host(make_remote())
     blocks = chain("shared", 6)
