@@ -5,9 +5,10 @@ Cluster (3 primaries, no replicas) started here:
    size class (``tiers.remote_value.split_at``), at the payload sizes engines produce;
 2. slot placement: a chain's blocks in one slot (hash tag = the chain's first block)
    against spread (each block its own tag): the time of one pipelined read of a chain,
-   and how evenly bytes land on the primaries when many chains share a system prompt;
-3. read throughput: ``RemoteTier.fetch`` (verified) against raw redis-py pipelined GETs of
-   the same values, same cluster, same run.
+   and how evenly bytes land on the primaries when many chains share a system prompt.
+
+Throughput (GET and PUT against raw redis-py) is ``kvtier bench remote``
+(``benchmarks.remote_bench``).
 
 Run: ``.venv/bin/python -m benchmarks.remote_sizing [--out benchmarks/results/remote]``.
 """
@@ -25,7 +26,6 @@ from pathlib import Path
 from benchmarks.redis_servers import RedisCluster
 from tiers import remote_value
 from tiers.base import make_block
-from tiers.remote import RemoteSettings, RemoteTier
 
 KIB, MIB = 1 << 10, 1 << 20
 
@@ -91,31 +91,6 @@ def placement(client, nodes: list, chains: int = 64, depth: int = 16, *, payload
             **layouts}
 
 
-def throughput(url: str, client, payload: int, blocks: int = 16, reps: int = 10) -> dict:
-    remote = RemoteTier(RemoteSettings((url,), timeout_s=5))
-    chain = [make_block(os.urandom(16), os.urandom(16), i, os.urandom(payload)) for i in range(blocks)]
-    remote.write_behind(chain)
-    remote.drain(60)
-    keys = [b.key for b in chain]
-    names = [remote_value.redis_keys(k) for k in keys]
-    ours, raw = [], []
-    for _ in range(reps):  # alternate, so both see the same machine
-        t0 = time.perf_counter()
-        assert len(remote.fetch(keys, chain=True)) == blocks
-        ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        pipe = client.pipeline(transaction=False)
-        for head, _ in names:
-            pipe.get(head)
-        assert all(pipe.execute())
-        raw.append(time.perf_counter() - t0)
-    remote.close()
-    gbps = lambda ts: round(blocks * payload / statistics.median(ts) / 1e9, 2)  # noqa: E731
-    return {"payload": payload, "blocks": blocks, "kvtier_get_gbps": gbps(ours),
-            "redis_py_get_gbps": gbps(raw),
-            "ratio": round(statistics.median(raw) / statistics.median(ours), 2)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/remote")
@@ -129,7 +104,6 @@ def main() -> None:
             client = ClusterClient.from_url(cluster.urls[0])
             result = {"redis": cluster.nodes[0].cli("INFO", "server").split("redis_version:")[1].split()[0],
                       "sizing": sizing(client), "placement": placement(client, cluster.nodes),
-                      "throughput": [throughput(cluster.urls[0], client, p) for p in (360 * KIB, 2 * MIB)],
                       "cpus": os.cpu_count()}
             client.close()
         finally:
