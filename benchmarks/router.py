@@ -24,7 +24,7 @@ workload's distinct blocks; the default 1.0 holds them all, an unlimited remote 
 this trace). A remote hit costs its transfer, ``block bytes / --remote-gbps``, instead of
 its recompute. The default bandwidth is what ``benchmarks/remote_sizing.py`` measured
 through ``RemoteTier.fetch`` at 2 MiB values on a 3-primary Redis Cluster on loopback, 2 CPU
-cores (``benchmarks/results/remote/remote_sizing.json``, docs/remote.md), and a block's
+cores (``benchmarks/results/remote/remote_sizing.json`` at commit 9f7514c), and a block's
 bytes are a 70B-class model's KV (Llama-2-70B, the architecture of the Mooncake paper's
 experiments: 80 layers x K,V x 8 KV heads x 128 x 2 B = 320 KiB per token).
 """
@@ -51,7 +51,8 @@ HIT_SHARE_OF_HASHING = 0.9  # targets: bounded loads keeps this share of plain h
 LOAD_BOUND = 1.25  # with max/mean load at most this,
 ROUND_ROBIN_FACTOR = 2.0  # and this multiple of round robin's hits at 8 replicas
 # The remote tier's read bandwidth: RemoteTier.fetch at 2 MiB values, Redis Cluster on
-# loopback, 2 cores (benchmarks/results/remote/remote_sizing.json, "kvtier_get_gbps").
+# loopback, 2 cores (benchmarks/results/remote/remote_sizing.json as of commit 9f7514c,
+# "kvtier_get_gbps"; that figure has since moved to `kvtier bench remote`).
 DEFAULT_REMOTE_GBPS = 0.99
 KV_BYTES_PER_TOKEN = 80 * 2 * 8 * 128 * 2  # Llama-2-70B in 16 bits: layers, K+V, KV heads, head dim
 SHARED_TARGETS = {"round-robin": 0.90, "bounded-load": 0.97}  # shared tier: share of the unlimited rate
