@@ -142,8 +142,9 @@ def render(report: dict) -> str:
     lines = [f"Redis {report['mode']}, {report['blocks']}-block pipelines, median of {report['reps']} "
              "turns, GB/s", head, "-" * len(head)]
     for name, r in report["results"].items():
-        lines.append(f"{name:>8} {r['kvtier_get_gbps']:>11.2f} {r['raw_get_gbps']:>9.2f} {r['get_ratio']:>5.2f}x "
-                     f"{r['kvtier_put_gbps']:>11.2f} {r['raw_put_gbps']:>9.2f} {r['put_ratio']:>5.2f}x")
+        lines.append(f"{name:>8} {r['kvtier_get_gbps']:>11.2f} {r['raw_get_gbps']:>9.2f} "
+                     f"{r['get_ratio']:>5.2f}x {r['kvtier_put_gbps']:>11.2f} {r['raw_put_gbps']:>9.2f} "
+                     f"{r['put_ratio']:>5.2f}x")
     t = report["target"]
     lines.append(f"target: kvtier GET >= {t['get_ratio_at_least']}x raw at every size: "
                  + ("met" if t["met"] else "NOT met"))
