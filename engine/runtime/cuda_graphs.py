@@ -18,15 +18,12 @@ more rows or chunks than any graph holds, or a context over ``MAX_CONTEXT`` run 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from engine.runtime.scheduler import ScheduledChunk
 from engine.runtime.step_inputs import Padding, host_inputs, step_inputs
-
-if TYPE_CHECKING:
-    from engine.runtime.model_runner import ModelRunner
 
 MAX_BATCH = 256  # the largest decode graph
 WARM_ROWS, WARM_CHUNKS = 512, 4
@@ -51,7 +48,9 @@ def _powers_of_two(limit: int) -> list[int]:
 class StepGraphs:
     """The captured steps of one ``ModelRunner``, smallest first in each family."""
 
-    def __init__(self, runner: ModelRunner, max_batch: int):
+    def __init__(self, runner: Any, max_batch: int):
+        """``runner``: the owning ``ModelRunner`` (its ``forward``, ``stage``, ``kv_cache`` and
+        ``device``); not imported here, since it imports this module."""
         self.runner = runner
         cache = runner.kv_cache
         width = -(-MAX_CONTEXT // cache.block_size)
