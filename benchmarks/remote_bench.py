@@ -2,13 +2,13 @@
 
 One run starts a real Redis Cluster on loopback (3 primaries, no replicas;
 ``benchmarks.redis_servers``), or uses an existing one (``--remote URL``), and for each
-payload size writes and reads a chain of ``--blocks`` blocks two ways, taking turns so a
-noisy neighbour hurts both alike:
+payload size writes and reads a chain of ``--blocks`` blocks two ways, taking turns (and
+turns about going first) so a noisy neighbour or a server still busy hurts both alike:
 
 - **kvtier**: ``RemoteTier.write_behind`` + ``drain`` (encode: key, flash record header,
   checksum, cut at a jemalloc class; pipelined SETs from the writer thread), and
   ``RemoteTier.fetch`` (one pipeline of head and tail GETs per block, every value verified:
-  key, header, xxh3-64);
+  key, header, xxh3-64; a cut value's two parts are not joined, a tier copies them in);
 - **raw redis-py**: one pipeline of SETs, and one of GETs, of the same payloads under keys
   of their own (no header, no checksum, no tail).
 
@@ -91,49 +91,60 @@ def measure(url: str, sizes: dict[str, int], blocks: int = 16, reps: int = 10) -
 
 
 def _measure_size(remote, raw, payload: int, blocks: int, reps: int) -> dict:
-    from tiers import remote_value
-    from tiers.base import make_block
-
     datas = [os.urandom(payload) for _ in range(blocks)]
     times: dict[str, list[float]] = {"kvtier_put": [], "raw_put": [], "kvtier_get": [], "raw_get": []}
-    for _ in range(reps):  # fresh keys every turn: each put really stores
-        chain = [make_block(os.urandom(16), os.urandom(16), i, d) for i, d in enumerate(datas)]
-        raw_names = [b"raw:{" + os.urandom(16).hex().encode() + b"}" for _ in datas]
-
-        t0 = time.perf_counter()
-        assert remote.write_behind(chain) == blocks and remote.drain(60)
-        times["kvtier_put"].append(time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        pipe = raw.pipeline(transaction=False)
-        for name, data in zip(raw_names, datas, strict=True):
-            pipe.set(name, data)
-        assert all(pipe.execute())
-        times["raw_put"].append(time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        got = remote.fetch([b.key for b in chain], chain=True)
-        times["kvtier_get"].append(time.perf_counter() - t0)
-        assert len(got) == blocks and all(g.payload == d for g, d in zip(got, datas, strict=True))
-        del got
-
-        t0 = time.perf_counter()
-        pipe = raw.pipeline(transaction=False)
-        for name in raw_names:
-            pipe.get(name)
-        values = pipe.execute()
-        times["raw_get"].append(time.perf_counter() - t0)
-        assert all(v is not None and len(v) == payload for v in values)
-        del values
-
-        pipe = raw.pipeline(transaction=False)  # keep the cluster's memory bounded
-        for name in raw_names + [n for b in chain for n in remote_value.redis_keys(b.key)]:
-            pipe.delete(name)
-        pipe.execute()
+    for turn in range(reps):  # fresh keys every turn: each put really stores
+        _turn(remote, raw, datas, turn, times)
     gbps = {k: round(blocks * payload / statistics.median(v) / 1e9, 3) for k, v in times.items()}
     return {"payload": payload, **{f"{k}_gbps": v for k, v in gbps.items()},
             "get_ratio": round(gbps["kvtier_get"] / gbps["raw_get"], 2),
             "put_ratio": round(gbps["kvtier_put"] / gbps["raw_put"], 2)}
+
+
+def _turn(remote, raw, datas: list[bytes], turn: int, times: dict[str, list[float]]) -> None:
+    """One turn: PUT then GET the payloads both ways under fresh keys, checking every value;
+    who goes first alternates with ``turn`` (the server is still settling a burst of writes
+    when the first read starts, and that must not fall on one side only)."""
+    from tiers import remote_value
+    from tiers.base import make_block, payload_parts
+
+    chain = [make_block(os.urandom(16), os.urandom(16), i, d) for i, d in enumerate(datas)]
+    raw_names = [b"raw:{" + os.urandom(16).hex().encode() + b"}" for _ in datas]
+    got: dict[str, list] = {}
+
+    def kvtier_put():
+        assert remote.write_behind(chain) == len(chain) and remote.drain(60)
+
+    def raw_put():
+        pipe = raw.pipeline(transaction=False)
+        for name, data in zip(raw_names, datas, strict=True):
+            pipe.set(name, data)
+        assert all(pipe.execute())
+
+    def kvtier_get():
+        got["kvtier"] = remote.fetch([b.key for b in chain], chain=True)
+
+    def raw_get():
+        pipe = raw.pipeline(transaction=False)
+        for name in raw_names:
+            pipe.get(name)
+        got["raw"] = pipe.execute()
+
+    for pair in ((("kvtier_put", kvtier_put), ("raw_put", raw_put)),
+                 (("kvtier_get", kvtier_get), ("raw_get", raw_get))):
+        for name, action in pair[:: 1 if turn % 2 else -1]:
+            t0 = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - t0)
+    assert len(got["kvtier"]) == len(chain)
+    assert all(b"".join(payload_parts(g.payload)) == d for g, d in zip(got["kvtier"], datas, strict=True))
+    assert all(v is not None and len(v) == len(d) for v, d in zip(got["raw"], datas, strict=True))
+    got.clear()
+
+    pipe = raw.pipeline(transaction=False)  # keep the cluster's memory bounded
+    for name in raw_names + [n for b in chain for n in remote_value.redis_keys(b.key)]:
+        pipe.delete(name)
+    pipe.execute()
 
 
 def render(report: dict) -> str:

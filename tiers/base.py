@@ -40,6 +40,17 @@ class UnknownBlockError(StoreError, KeyError):
         return str(self.args[0]) if self.args else "unknown block"
 
 
+# A payload is one buffer, or a tuple of buffers whose bytes in order are the payload: a
+# value read from the remote tier in two parts goes into a tier's pages without a join.
+Payload = bytes | bytearray | memoryview | tuple
+
+
+def payload_parts(payload: Payload) -> tuple[memoryview, ...]:
+    """The payload's bytes as byte memoryviews, in order (one for a single buffer)."""
+    parts = payload if isinstance(payload, tuple) else (payload,)
+    return tuple(memoryview(p).cast("B") for p in parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """A block to store: its key, its parent's key (the namespace root for the first block),
@@ -52,7 +63,7 @@ class Block:
     key: bytes
     parent: bytes
     depth: int
-    payload: bytes | bytearray | memoryview | None  # None: metadata-only replay
+    payload: Payload | None  # None: metadata-only replay
     size: int
 
 

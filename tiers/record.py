@@ -22,6 +22,8 @@ import struct
 
 import xxhash
 
+from tiers.base import Payload, payload_parts
+
 MAGIC = b"KVTB"
 VERSION = 1
 _HEADER = struct.Struct("<4sB3xI16sQQ")
@@ -32,10 +34,14 @@ class CorruptRecord(Exception):
     """A stored record failed its magic, version, length or checksum check."""
 
 
-def encode(parent: bytes, depth: int, payload) -> bytes:
-    view = memoryview(payload).cast("B")
-    header = _HEADER.pack(MAGIC, VERSION, depth, parent, view.nbytes, xxhash.xxh3_64_intdigest(view))
-    return header + view
+def encode(parent: bytes, depth: int, payload: Payload) -> bytes:
+    parts = payload_parts(payload)
+    digest = xxhash.xxh3_64()
+    for part in parts:
+        digest.update(part)
+    length = sum(part.nbytes for part in parts)
+    header = _HEADER.pack(MAGIC, VERSION, depth, parent, length, digest.intdigest())
+    return b"".join((header, *parts))
 
 
 def decode_header(record) -> tuple[bytes, int, int, int]:

@@ -84,10 +84,10 @@ def decode(key: bytes, head: bytes | None, tail: bytes | None) -> Block | None:
     """The block a remote value holds: ``None`` when absent (no head), ``CorruptRecord``
     when malformed, torn (head without its tail), failing its checksum, or another key's.
 
-    A value kept whole is served in place (the payload is a view into ``head``). A cut
-    value is verified in place too: its header is read from the head and the checksum
-    streamed over the head's payload bytes and the tail; only a verified payload is then
-    joined, the one copy (the local tiers take one contiguous buffer)."""
+    Nothing is copied: a value kept whole is served in place (the payload is a view into
+    ``head``); a cut value's header is read from the head and its checksum streamed over
+    the head's payload bytes and the tail, and its payload is the two parts (a tier copies
+    them into its pages in order; see ``tiers.base.Payload``)."""
     if head is None:
         return None
     view = memoryview(head)
@@ -111,4 +111,4 @@ def decode(key: bytes, head: bytes | None, tail: bytes | None) -> Block | None:
     digest.update(tail)
     if digest.intdigest() != checksum:
         raise record.CorruptRecord("payload checksum mismatch")
-    return Block(key, parent, depth, b"".join((first, tail)), length)
+    return Block(key, parent, depth, (first, memoryview(tail)), length)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tiers import sharedmem
-from tiers.base import Block, Location, PayloadSizeError, Tier
+from tiers.base import Block, Location, Payload, PayloadSizeError, Tier, payload_parts
 from tiers.extents import ExtentAllocator
 
 DEFAULT_PAGE_SIZE = 64 << 10
@@ -169,15 +169,27 @@ class SlabTier(Tier):
             self._write(runs, b.payload)
             self._blocks[b.key] = (b.size, runs)
 
-    def _write(self, runs: list[tuple[int, int]], payload) -> None:
-        src = np.frombuffer(payload, dtype=np.uint8)
-        done = 0
-        for start, n in self._segments(src.size, runs):
-            if self._host is not None:
-                self._host[start : start + n] = src[done : done + n]
-            else:
+    def _write(self, runs: list[tuple[int, int]], payload: Payload) -> None:
+        parts = [np.frombuffer(p, dtype=np.uint8) for p in payload_parts(payload)]
+        size = sum(p.size for p in parts)
+        if self._host is None:  # a GPU slab: one host buffer, then one copy per run
+            src = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            done = 0
+            for start, n in self._segments(size, runs):
                 self._flat[start : start + n].copy_(torch.from_numpy(src[done : done + n].copy()))
-            done += n
+                done += n
+            return
+        # Host pages: the parts straight into the runs, no join (a remote value comes in two).
+        part, used = 0, 0  # the part being copied, and how much of it already was
+        for start, n in self._segments(size, runs):
+            done = 0
+            while done < n:
+                src = parts[part]
+                take = min(n - done, src.size - used)
+                self._host[start + done : start + done + take] = src[used : used + take]
+                done, used = done + take, used + take
+                if used == src.size:
+                    part, used = part + 1, 0
 
     def delete_many(self, keys: list[bytes]) -> None:
         for key in keys:

@@ -12,6 +12,7 @@ def test_record_roundtrip_and_header():
     assert len(rec) == record.HEADER_SIZE + 7
     assert record.decode_header(rec)[:3] == (PARENT, 7, 7)
     assert bytes(record.payload_of(rec)) == b"payload"
+    assert record.encode(PARENT, 7, (b"pay", memoryview(b"lo"), b"ad")) == rec  # a payload in parts
 
 
 @pytest.mark.parametrize("damage", ["magic", "payload", "truncate", "short"])

@@ -83,7 +83,9 @@ def test_a_value_just_over_a_size_class_is_cut_so_redis_stores_it_in_the_class(m
     used = raw.memory_usage(head, samples=0) + raw.memory_usage(tail, samples=0)
     # Whole, the value (2 MiB + 60 B) would take jemalloc's 2.5 MiB class.
     assert (2 << 20) < used < (2 << 20) + 1024
-    assert bytes(remote.fetch([block.key], chain=True)[0].payload) == bytes(block.payload)
+    got = remote.fetch([block.key], chain=True)[0]
+    assert isinstance(got.payload, tuple) and len(got.payload) == 2  # head and tail, not joined
+    assert b"".join(got.payload) == bytes(block.payload) and got.size == 2 << 20
     # 360 KiB + 60 B sits inside the 384 KiB class: kept whole.
     assert remote_value.split_at(360 * 1024 + 60) == 360 * 1024 + 60
 

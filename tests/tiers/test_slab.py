@@ -1,6 +1,6 @@
 import pytest
 
-from tiers.base import PayloadSizeError, make_block
+from tiers.base import Block, PayloadSizeError, make_block
 from tiers.extents import ExtentAllocator
 from tiers.slab import SlabTier, dram_tier, hbm_tier
 
@@ -113,3 +113,17 @@ def test_hbm_roundtrip_on_gpu():
     tier.put_many([big])
     assert tier.get(big.key) == big.payload
     assert tier.get(parts[2].key) == parts[2].payload
+
+
+@pytest.mark.parametrize("make", [dram_tier, pytest.param(hbm_tier, marks=pytest.mark.gpu)])
+def test_a_payload_in_parts_lands_in_order_across_spread_runs(make):
+    """A remote value read in two parts (head, tail) is copied into the pages as is, no
+    join on the host: parts and runs end at different places, and the block reads back whole."""
+    tier = make(8 * PAGE, PAGE)
+    tier.put_many([blk(1, PAGE), blk(2, PAGE), blk(3, PAGE)])
+    tier.delete_many([bytes([2]) * 16])  # a one-page hole: the next block is spread
+    data = bytes(range(96))  # 6 pages: the hole and the 5 free at the end
+    block = Block(bytes([9]) * 16, bytes(16), 0, (data[:37], memoryview(data[37:]), b""), len(data))
+    tier.put_many([block])
+    assert len(tier._blocks[block.key][1]) == 2  # two runs
+    assert tier.get(block.key) == data
