@@ -44,6 +44,7 @@ class RedisServer:
     port: int = field(default_factory=_free_port_pair)
     cluster: bool = False
     maxmemory_mb: int = 256
+    extra: tuple[str, ...] = ()  # more redis-server flags (TLS, users)
     proc: subprocess.Popen | None = None
 
     @property
@@ -58,6 +59,7 @@ class RedisServer:
             cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
                     "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
                     "--repl-diskless-sync-delay", "0"]
+        cmd += self.extra
         with open(self.folder / f"redis-{self.port}.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         _wait(lambda: self.cli("PING") == "PONG", f"redis-server on port {self.port}")

@@ -75,6 +75,16 @@ def served(serve_factory) -> Served:
     return serve_factory()
 
 
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster on loopback for a test module: 3 primaries, 3 replicas."""
+    from benchmarks.redis_servers import RedisCluster
+
+    c = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield c
+    c.stop()
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need a CUDA device: skipped where PyTorch sees none."""
     import torch

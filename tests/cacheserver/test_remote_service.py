@@ -10,7 +10,6 @@ import httpx
 import pytest
 from redis.cluster import RedisCluster as ClusterClient
 
-from benchmarks.redis_servers import RedisCluster
 from cacheserver.config import load
 from cacheserver.process import ServiceProcess
 from clients.cache_client import CacheClient
@@ -22,15 +21,8 @@ SIZE = 4096
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def services(cluster, tmp_path_factory):
-    remote = ",".join(cluster.urls[:2])
+def services(redis_cluster, tmp_path_factory):
+    remote = ",".join(redis_cluster.urls[:2])
     made = [ServiceProcess(tmp_path_factory.mktemp(f"host{i}"),
                            {"dram_gb": 0.05, "flash_gb": 0, "remote": remote, "remote_timeout_ms": 300})
             .start() for i in range(2)]
@@ -65,14 +57,14 @@ def test_a_prefix_saved_behind_one_service_is_a_hit_behind_another(services):
     assert "kvtier_remote_hits_total" in metrics and "kvtier_store_remote_promotions_total" in metrics
 
 
-def test_a_value_corrupted_in_redis_is_refused_and_counted(services, cluster):
+def test_a_value_corrupted_in_redis_is_refused_and_counted(services, redis_cluster):
     a, b = services
     blocks = chain("corrupt", 3, SIZE)
     with CacheClient(a.data_url) as ca, CacheClient(b.data_url) as cb:
         before = remote_stats(a)["writes"]
         ca.put(blocks)
         wait_written(a, before + 3)
-        raw = ClusterClient.from_url(cluster.urls[0])
+        raw = ClusterClient.from_url(redis_cluster.urls[0])
         head, _ = remote_value.redis_keys(blocks[1][0])
         value = raw.get(head)
         raw.set(head, value[:-1] + bytes([value[-1] ^ 0xFF]))
@@ -83,7 +75,7 @@ def test_a_value_corrupted_in_redis_is_refused_and_counted(services, cluster):
         raw.close()
 
 
-def test_a_primary_killed_mid_run_gives_misses_then_hits_and_never_a_wrong_block(services, cluster):
+def test_a_primary_killed_mid_run_gives_misses_then_hits_and_never_a_wrong_block(services, redis_cluster):
     a, b = services
     prompts = [chain(f"failover{i}", 4, SIZE) for i in range(12)]
     with CacheClient(a.data_url) as ca:
@@ -91,8 +83,8 @@ def test_a_primary_killed_mid_run_gives_misses_then_hits_and_never_a_wrong_block
         for blocks in prompts:
             ca.put(blocks)
         wait_written(a, before + 48)
-    cluster.wait_replicated()
-    victim = next(n for n in cluster.primary_nodes() if n.url not in cluster.urls[:2])
+    redis_cluster.wait_replicated()
+    victim = next(n for n in redis_cluster.primary_nodes() if n.url not in redis_cluster.urls[:2])
     victim.kill()
     wrong = failed = partial = 0
     full = []

@@ -1,8 +1,10 @@
 """The remote tier against a real redis-server on loopback: values, keys, faults, and two
-stores (two "hosts") sharing prefixes through it. Cluster cases are in test_remote_cluster.py."""
+stores (two "hosts") sharing prefixes through it, TLS with a user. Cluster cases are in
+tests/cacheserver/test_remote_service.py and tests/engine/test_remote_fleet.py."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 import redis
 
 from benchmarks.redis_servers import RedisServer
+from cacheserver.process import free_port
 from tiers import remote_value
 from tiers.base import make_block
 from tiers.remote import RemoteSettings, RemoteTier
@@ -235,3 +238,31 @@ def test_settings_refuse_a_url_that_is_not_redis():
         RemoteSettings(("http://127.0.0.1:6379",))
     with pytest.raises(ValueError, match="at least one URL"):
         RemoteSettings(())
+
+
+def test_tls_with_a_user_and_password(tmp_path, make_remote):
+    """``rediss://`` to a real TLS port (a self-signed certificate, its CA given in the URL)
+    with an ACL user: blocks round-trip; a wrong password or a plain connection to the TLS
+    port is a miss and a counted fault, never an exception."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    tls_port = free_port()
+    server = RedisServer(tmp_path / "tls", extra=(
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-auth-clients", "no", "--user", "kv", "on", ">secret", "~*", "&*", "+@all")).start()
+    url = f"rediss://kv:secret@127.0.0.1:{tls_port}?ssl_ca_certs={cert}"
+    try:
+        blocks = chain("tls", 3)
+        remote = make_remote(urls=(url,))
+        assert remote.write_behind(blocks) == 3 and remote.drain()
+        got = remote.fetch([b.key for b in blocks], chain=True)
+        assert [bytes(g.payload) for g in got] == [bytes(b.payload) for b in blocks]
+        assert remote.mode == "single" and remote.stats()["urls"] == [f"rediss://kv:***@127.0.0.1:{tls_port}"]
+        for wrong in (url.replace(":secret@", ":wrong@"), f"redis://127.0.0.1:{tls_port}"):
+            other = make_remote(urls=(wrong,), timeout_s=0.3)
+            assert other.fetch([b.key for b in blocks], chain=True) == []
+            assert other.counters.errors == 3 and other.counters.faults, other.counters
+    finally:
+        server.stop()
