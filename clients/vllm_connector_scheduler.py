@@ -51,9 +51,7 @@ class SchedulerSide:
     # -- vLLM's scheduler calls ---------------------------------------------------------
 
     def num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> int:
-        if request.mm_features or request.prompt_embeds is not None:
-            # Placeholder token ids do not name the image or embedding: never cached.
-            self.stats.uncacheable_requests += 1
+        if not _cacheable(request):
             return 0
         tracked = self._track(request)
         if tracked.looked_up_at != self._step:
@@ -64,6 +62,7 @@ class SchedulerSide:
         return max(0, hit_tokens - num_computed_tokens)
 
     def update_state_after_alloc(self, request: Any, num_external_tokens: int) -> None:
+        self.stats.uncacheable_requests += not _cacheable(request)
         if num_external_tokens > 0:
             tracked = self._requests[request.request_id]
             tracked.load_tokens = num_external_tokens
@@ -145,6 +144,11 @@ class SchedulerSide:
 
     def _hasher(self, request: Any):
         return make_hasher(self.namespace, self.block_size, request.cache_salt, _adapter(request))
+
+
+def _cacheable(request: Any) -> bool:
+    """Placeholder token ids do not name an image or a prompt embedding: those never hit."""
+    return not request.mm_features and request.prompt_embeds is None
 
 
 def _adapter(request: Any) -> str:

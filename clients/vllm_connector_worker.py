@@ -8,7 +8,7 @@ before the forward pass, and snapshots filled blocks after it for a background s
 
 Loads are synchronous: vLLM schedules them as sync loads and runs them before the forward
 pass that reads the pages. A block the service no longer returns whole is reported to
-vLLM (``failed_block_ids``), with every block after it in the request, and vLLM
+vLLM (``take_failed_block_ids``), with every block after it in the request, and vLLM
 recomputes them (``kv_load_failure_policy: recompute``). Saves copy the blocks out of the
 pages at once (vLLM may reuse the pages after the step) and hand the copy to one
 background thread that puts it; the forward pass never waits on the network, and a full
