@@ -22,9 +22,9 @@ Every cell runs twice in the same run: isolated hosts (each replica only its loc
 and hosts sharing one remote tier (``--remote-cache``: its capacity as a fraction of the
 workload's distinct blocks; the default 1.0 holds them all, an unlimited remote store for
 this trace). A remote hit costs its transfer, ``block bytes / --remote-gbps``, instead of
-its recompute. The default bandwidth is what ``benchmarks/remote_sizing.py`` measured
-through ``RemoteTier.fetch`` at 2 MiB values on a 3-primary Redis Cluster on loopback, 2 CPU
-cores (``benchmarks/results/remote/remote_sizing.json`` at commit 9f7514c), and a block's
+its recompute. The default bandwidth is what ``kvtier bench remote`` measured through
+``RemoteTier.fetch`` at 2 MiB values on a 3-primary Redis Cluster on loopback, 2 CPU cores
+(``benchmarks/results/remote/bench-remote.json``, "kvtier_get_gbps"), and a block's
 bytes are a 70B-class model's KV (Llama-2-70B, the architecture of the Mooncake paper's
 experiments: 80 layers x K,V x 8 KV heads x 128 x 2 B = 320 KiB per token).
 """
@@ -51,9 +51,9 @@ HIT_SHARE_OF_HASHING = 0.9  # targets: bounded loads keeps this share of plain h
 LOAD_BOUND = 1.25  # with max/mean load at most this,
 ROUND_ROBIN_FACTOR = 2.0  # and this multiple of round robin's hits at 8 replicas
 # The remote tier's read bandwidth: RemoteTier.fetch at 2 MiB values, Redis Cluster on
-# loopback, 2 cores (benchmarks/results/remote/remote_sizing.json as of commit 9f7514c,
-# "kvtier_get_gbps"; that figure has since moved to `kvtier bench remote`).
-DEFAULT_REMOTE_GBPS = 0.99
+# loopback, 2 cores (`kvtier bench remote`: benchmarks/results/remote/bench-remote.json,
+# "kvtier_get_gbps" at 2 MiB; 0.99 before a cut value's two parts stopped being joined).
+DEFAULT_REMOTE_GBPS = 1.88
 KV_BYTES_PER_TOKEN = 80 * 2 * 8 * 128 * 2  # Llama-2-70B in 16 bits: layers, K+V, KV heads, head dim
 SHARED_TARGETS = {"round-robin": 0.90, "bounded-load": 0.97}  # shared tier: share of the unlimited rate
 
@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote-cache", type=float, default=1.0, help="the shared remote tier's capacity "
                    "as a fraction of the workload's distinct blocks (1.0: all of them, unlimited)")
     p.add_argument("--remote-gbps", type=float, default=DEFAULT_REMOTE_GBPS, help="the remote tier's read "
-                   "bandwidth, GB/s (default: measured by benchmarks/remote_sizing.py at 2 MiB values)")
+                   "bandwidth, GB/s (default: measured by kvtier bench remote at 2 MiB values)")
     p.add_argument("--kv-bytes-per-token", type=int, default=KV_BYTES_PER_TOKEN,
                    help="KV bytes of one token (a block moves block_tokens of them)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
