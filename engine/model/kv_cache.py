@@ -69,12 +69,13 @@ class KVCache:
         """(k, v) of one layer, each [num_blocks + 1, block_size, kv_heads, head_dim] (strided views)."""
         return self.kv[:, index, 0], self.kv[:, index, 1]
 
-    def read_page(self, block_id: int) -> bytes:
-        """The page's K and V as bytes, laid out [layers, 2, block_size, kv_heads, head_dim]."""
-        return self.kv[block_id].cpu().view(torch.uint8).numpy().tobytes()
+    def page(self, block_id: int) -> torch.Tensor:
+        """The page as [nbytes] uint8, a view of the pool (no copy), on the pool's device: its
+        K and V laid out [layers, 2, block_size, kv_heads, head_dim], the bytes a save stores."""
+        return self.kv[block_id].view(-1).view(torch.uint8)
 
     def write_page(self, block_id: int, payload: bytes | bytearray | memoryview) -> None:
-        """Fill a page from bytes in ``read_page``'s layout (e.g. a block from the cache service)."""
+        """Fill a page from bytes in ``page``'s layout (e.g. a block from the cache service)."""
         layout = self.layout
         if len(payload) != layout.nbytes:
             raise ValueError(

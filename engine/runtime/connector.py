@@ -8,14 +8,18 @@
     step ◄──────completed()───────────    FetchResult
          (pages filled, request queued)
     step ──save(blocks)──► bounded queue ──► put(batch) ───────────────►
+         (pages staged: see staging.py)      (wait for each staged copy; release its slot after)
 
 The engine thread never waits on the network: fetches run on a small pool, and a fetch
 that outlives ``fetch_timeout_s`` is given up (the request prefills everything itself).
 Saves go to a bounded queue drained by one thread in batches; when the queue is full a
-block is dropped and counted, never waited for. The client below never raises for the
-service's failures (down, slow, bad reply): they come back as misses, so every request
-still completes; ``stats`` and the client's counters say what happened, and a log line
-(at most one per ``_LOG_EVERY_S``) says it to the operator.
+block is dropped and counted, never waited for. The engine's blocks come as ``Staged``
+slots of its staging ring (as many as ``save_queue_blocks``, so the ring is the bound that
+bites): the saver waits for a slot's copy, puts the slot's view, and releases the slot.
+
+The client below never raises for the service's failures (down, slow, bad reply): they
+come back as misses, so every request still completes; ``stats`` and the client's counters
+say what happened, and a log line (at most one per ``_LOG_EVERY_S``) says it to the operator.
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
 from clients.sharded import ShardedCacheClient, open_client, split_urls
+
+if TYPE_CHECKING:  # the connector itself needs no torch
+    from engine.runtime.staging import Staged
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ _LOG_EVERY_S = 30.0
 class ConnectorConfig:
     url: str  # kvtier://host:port or unix:///path; several, comma-separated: sharded
     fetch_timeout_s: float = 2.0  # the longest a request waits for its cached prefix
-    save_queue_blocks: int = 1024  # blocks waiting to be saved; more are dropped
+    save_queue_blocks: int = 1024  # blocks waiting to be saved (an engine's staging slots); more are dropped
     save_batch_blocks: int = 32  # blocks per put request
     fetch_threads: int = 2
     client_timeout_s: float = 2.0
@@ -60,7 +68,8 @@ class SavedBlock:
     key: bytes
     parent: bytes
     depth: int
-    payload: bytes
+    payload: bytes | memoryview
+    staged: Staged | None = None  # the staging slot ``payload`` views: waited for, then released
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class ConnectorStats:
     rejected_blocks: int = 0  # the engine refused a payload (wrong size for a page)
     saved_blocks: int = 0
     saved_bytes: int = 0
-    save_dropped: int = 0  # the save queue was full
+    save_dropped: int = 0  # the save queue (or the engine's staging ring) was full
     save_failed: int = 0  # the service did not take a batch
     hits_by_tier: Counter = field(default_factory=Counter)
 
@@ -181,9 +190,14 @@ class CacheConnector:
                     self._saves.put_nowait(block)
                     self._unsent += 1
             except queue.Full:
-                self.stats.save_dropped += 1
-                self._note("the save queue is full (%d blocks); dropping blocks",
-                           self.config.save_queue_blocks)
+                if block.staged is not None:
+                    block.staged.release()
+                self.drop(1)
+
+    def drop(self, num_blocks: int) -> None:
+        """Count blocks that were not saved for want of room (queue or staging slots)."""
+        self.stats.save_dropped += num_blocks
+        self._note("the save queue is full (%d blocks); dropping blocks", self.config.save_queue_blocks)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued block was sent (or failed); False on timeout."""
@@ -208,8 +222,15 @@ class CacheConnector:
             self._send(batch)
 
     def _send(self, batch: list[SavedBlock]) -> None:
+        staged = [b.staged for b in batch if b.staged is not None]
         failures_before = self.client.counters.failures
-        self.client.put([(b.key, b.parent, b.depth, b.payload) for b in batch])
+        try:
+            for s in staged:
+                s.wait()
+            self.client.put([(b.key, b.parent, b.depth, b.payload) for b in batch])
+        finally:
+            for s in staged:
+                s.release()
         if self.client.counters.failures > failures_before:
             self.stats.save_failed += len(batch)
             self._note("the cache service did not take %d blocks", len(batch))

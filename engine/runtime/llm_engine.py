@@ -31,6 +31,7 @@ from engine.runtime.sampler import adjust_logits, sample
 from engine.runtime.sampling_params import SamplingParams
 from engine.runtime.scheduler import ScheduledChunk, Scheduler
 from engine.runtime.sequence import Sequence
+from engine.runtime.staging import StagingRing
 from engine.runtime.stopping import check_stop
 from hashing.keys import BlockHasher, Namespace
 
@@ -86,6 +87,9 @@ class LLMEngine:
         self.eos_token_ids = self.tokenizer.eos_token_ids if self.tokenizer else frozenset()
         self._requests: dict[str, Sequence] = {}
         self.connector = connector
+        # Host copies of filled pages on their way to the service: one slot per queued save.
+        self._staging = StagingRing(connector.config.save_queue_blocks, layout.nbytes, self.device) \
+            if connector is not None else None
         self._fetching: dict[str, Sequence] = {}  # requests waiting for their cached prefix
         self._hashers: dict[str, BlockHasher] = {}
         self._ids = itertools.count()
@@ -216,13 +220,17 @@ class LLMEngine:
                 seq.imported[key] = result.tiers[i]
 
     def _save(self, seq: Sequence, positions: list[int]) -> None:
-        """Hand blocks that just filled to the cache service (copied now, sent later)."""
+        """Hand blocks that just filled to the cache service: staged now (on a GPU, copies
+        queued on a side stream: the step does not wait), sent later. With too few free
+        staging slots the deepest blocks are dropped, counted by the connector."""
         keys = seq.block_keys(positions[-1] + 1)
+        staged = self._staging.stage([self.kv_cache.page(seq.block_table[i]) for i in positions])
         self.connector.save([
-            SavedBlock(keys[i], keys[i - 1] if i else seq.hasher.root, i,
-                       self.kv_cache.read_page(seq.block_table[i]))
-            for i in positions
+            SavedBlock(keys[i], keys[i - 1] if i else seq.hasher.root, i, s.view, s)
+            for i, s in zip(positions, staged, strict=False)
         ])
+        if len(staged) < len(positions):
+            self.connector.drop(len(positions) - len(staged))
 
     def score(self, prompt: Prompt) -> torch.Tensor:
         """Logits [T, vocab] float32 at every position of ``prompt`` (the next-token logits).

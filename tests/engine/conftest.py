@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 
 import pytest
 import torch
@@ -9,6 +10,16 @@ import torch
 def _two_threads():
     """Tests run on shared 2-core machines; more threads than cores only adds contention."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def black_hole():
+    """A peer that accepts connections and never answers: a stalled service."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield f"kvtier://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
 
 
 @pytest.fixture(scope="session")

@@ -145,7 +145,7 @@ def test_engine_serves_a_prefix_written_from_bytes():
     source = tiny_engine()
     cold = source.generate([prompt], params)[0]
     keys = source.hasher().keys(prompt)
-    payloads = [source.kv_cache.read_page(source.block_manager.cached_block_id(k)) for k in keys]
+    payloads = [bytes(source.kv_cache.page(source.block_manager.cached_block_id(k)).numpy()) for k in keys]
     target = tiny_engine()
     for block_id, payload in zip(target.block_manager.insert_cached(keys), payloads, strict=True):
         target.kv_cache.write_page(block_id, payload)

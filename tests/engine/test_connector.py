@@ -3,7 +3,6 @@ and what happens when the service is down or stalls."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -72,16 +71,6 @@ def test_service_down_means_misses_and_failed_saves():
         assert c.client.counters.connection_errors >= 1
     finally:
         c.close()
-
-
-@pytest.fixture
-def black_hole():
-    """A peer that accepts connections and never answers: a stalled service."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    yield f"kvtier://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
 
 
 def test_a_stalled_service_times_out_and_full_save_queue_drops(black_hole):

@@ -187,3 +187,76 @@ def test_openai_client_against_kvtier_engine(tmp_path, device):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+@pytest.mark.gpu
+def test_staging_ring_on_cuda_orders_its_copies_both_ways_and_the_host_never_waits(served):
+    """Pages reach the service byte for byte through the pinned ring, copied after the late
+    kernel that wrote them; a kernel on the current stream that overwrites them right after
+    staging runs only after their (late) copies; the host waits for none of it."""
+    from engine.model.kv_cache import KVCache, PageLayout
+    from engine.runtime.connector import CacheConnector, ConnectorConfig, SavedBlock
+    from engine.runtime.staging import StagingRing
+    from hashing.keys import BlockHasher, Namespace
+
+    layout = PageLayout(num_layers=4, block_size=16, num_kv_heads=2, head_dim=64, dtype=torch.bfloat16)
+    cache = KVCache(layout, num_blocks=8, device="cuda")
+    values = torch.randn(cache.kv.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    block_ids = [5, 2, 7, 1, 4]
+    want = [bytes(values[b].to(layout.dtype).view(-1).view(torch.uint8).cpu().numpy()) for b in block_ids]
+    ring = StagingRing(6, layout.nbytes, "cuda")
+    assert ring.host.is_pinned()
+    for s in ring.stage([cache.page(0)]):  # every kernel launched once before the timed part
+        s.wait()
+        s.release()
+    cache.kv.copy_(values)
+    cache.kv.zero_()
+    torch.cuda._sleep(1)
+    torch.cuda.synchronize()
+    # 1. A late step writes the pages: the copies must wait for it (else they read zeros).
+    torch.cuda._sleep(int(5e8))  # about 0.25 s
+    cache.kv.copy_(values)
+    staged = ring.stage([cache.page(b) for b in block_ids[:3]])
+    # 2. Late copies: the next step's overwrite must wait for them (else they read zeros).
+    with torch.cuda.stream(ring._stream):
+        torch.cuda._sleep(int(5e8))
+    staged += ring.stage([cache.page(b) for b in block_ids[3:]])
+    cache.kv.zero_()
+    assert not torch.cuda.current_stream().query()  # the host did not wait for any of it
+    hasher = BlockHasher(Namespace("gpu-staging", layout.name), layout.block_size)
+    keys = hasher.keys(list(range(layout.block_size * len(block_ids))))
+    connector = CacheConnector(ConnectorConfig(served.data_url))
+    try:
+        connector.save([SavedBlock(k, keys[i - 1] if i else hasher.root, i, s.view, s)
+                        for i, (k, s) in enumerate(zip(keys, staged, strict=True))])
+        assert connector.flush(30)
+        assert connector.stats.saved_blocks == 5 and connector.stats.save_dropped == 0
+        assert [bytes(g) for g in connector.client.get(keys)] == want
+    finally:
+        connector.close()
+    torch.cuda.synchronize()
+    assert not cache.kv.any()  # the overwrite did run, after the copies
+    assert len(ring.stage([cache.page(b) for b in range(8)])) == 6  # every slot came back
+
+
+@pytest.mark.gpu
+def test_cuda_engine_saves_its_pages_through_the_staging_ring(served):
+    """An engine on CUDA saves every block that fills, and the service holds the pages' bytes."""
+    from engine.runtime.connector import CacheConnector, ConnectorConfig
+
+    connector = CacheConnector(ConnectorConfig(served.data_url))
+    engine = LLMEngine(EngineConfig(dtype="bfloat16", device="cuda", block_size=16, num_blocks=64,
+                                    max_num_seqs=8, max_num_batched_tokens=48),
+                       tiny_checkpoint(SMALL), connector)
+    try:
+        prompt = PROMPTS[0]  # 69 tokens: 4 full blocks, prefilled in two chunks, a fifth while decoding
+        out = engine.generate([prompt], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))[0]
+        assert connector.flush(30)
+        keys = engine.hasher().keys([*prompt, *out.token_ids][:-1])  # the last token is not computed
+        assert len(keys) == 5
+        assert connector.stats.saved_blocks == 5 and connector.stats.save_dropped == 0
+        pages = [bytes(engine.kv_cache.page(engine.block_manager.cached_block_id(k)).cpu().numpy())
+                 for k in keys]
+        assert [bytes(g) for g in connector.client.get(keys)] == pages
+    finally:
+        connector.close()

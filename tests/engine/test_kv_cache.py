@@ -15,19 +15,19 @@ def layout(dtype=torch.float32) -> PageLayout:
 def test_page_bytes_round_trip(dtype):
     cache = KVCache(layout(dtype), num_blocks=5)
     cache.kv.copy_(torch.randn(cache.kv.shape))
-    payload = cache.read_page(3)
+    payload = bytes(cache.page(3).numpy())
     assert len(payload) == layout(dtype).nbytes == 2 * 2 * 4 * 2 * 8 * cache.kv.element_size()
     other = KVCache(layout(dtype), num_blocks=5)
     other.write_page(1, payload)
     assert torch.equal(other.kv[1], cache.kv[3])
-    assert other.read_page(1) == payload
+    assert bytes(other.page(1).numpy()) == payload
     assert not other.kv[[0, 2, 3, 4, 5]].any()  # 5: the scratch page
 
 
 def test_page_layout_is_layer_kv_token_head_dim():
     cache = KVCache(layout(), num_blocks=3)
     cache.kv.copy_(torch.arange(cache.kv.numel(), dtype=torch.float32).view(cache.kv.shape))
-    page = torch.frombuffer(bytearray(cache.read_page(2)), dtype=torch.float32).view(2, 2, 4, 2, 8)
+    page = torch.frombuffer(bytearray(cache.page(2).numpy()), dtype=torch.float32).view(2, 2, 4, 2, 8)
     k_layer1 = cache.layer(1)[0][2]  # [block_size, heads, dim]
     assert torch.equal(page[1, 0], k_layer1)
     assert torch.equal(page[0, 1, 3], cache.kv[2, 0, 1, 3])
