@@ -20,6 +20,7 @@ BENCHMARKS = {
     "router": "benchmarks.router",
     "soak": "benchmarks.soak",
     "remote": "benchmarks.remote_bench",
+    "plugins": "benchmarks.plugins",
 }
 
 
