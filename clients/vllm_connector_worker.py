@@ -4,15 +4,16 @@ before the forward pass, and snapshots filled blocks after it for a background s
 ::
 
     start_load_kv   keys ──get_into──► host staging [n, layers, H, N, C] ──► kv[layer][block_ids]
-    wait_for_save   kv[layer][block_ids] ──► snapshot [n, layers, H, N, C] ──► save queue ──put──► service
+    wait_for_save   kv[layer][block_ids] ──► save slots [n, layers, H, N, C] ──► save queue ──put──► service
 
 Loads are synchronous: vLLM schedules them as sync loads and runs them before the forward
 pass that reads the pages. A block the service no longer returns whole is reported to
 vLLM (``take_failed_block_ids``), with every block after it in the request, and vLLM
 recomputes them (``kv_load_failure_policy: recompute``). Saves copy the blocks out of the
-pages at once (vLLM may reuse the pages after the step) and hand the copy to one
-background thread that puts it; the forward pass never waits on the network, and a full
-save queue drops blocks (counted) rather than wait.
+pages at once into slots of a ``StagingRing`` (vLLM may reuse the pages after the step)
+and hand them to one background thread that puts them and frees the slots; the forward
+pass never waits on the network, and with no free slot blocks are dropped (counted)
+rather than waited for. Both host buffers are allocated once and reused.
 
 On CUDA tensors both directions go through host memory (a device gather, then one copy
 to or from the host): the direct paths (the service's DRAM slab registered with
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from clients.cache_client import CacheClient
 from clients.sharded import ShardedCacheClient
 from clients.vllm_connector_meta import LOG_EVERY_REQUESTS, BlockLayout, BlockRun, WorkerStats, log
 from engine.runtime.connector import CacheConnector, ConnectorConfig, SavedBlock
+from engine.runtime.staging import Staged, StagingRing
 from hashing.keys import BlockHasher
 
 _STAGING_BYTES = 64 << 20  # one get_into batch at most: bounds the host staging buffer
@@ -42,7 +43,15 @@ class WorkerSide:
         self.layout = layout
         self.hasher_of = hasher_of  # this rank's hasher for a run's request
         self.stats = WorkerStats()
-        self.saver = CacheConnector(ConnectorConfig(url), client)
+        config = ConnectorConfig(url)
+        self.saver = CacheConnector(config, client)
+        # Host memory allocated once and reused: fresh buffers cost page faults on every
+        # call. Loads: one get_into batch [per_batch, block_bytes]; saves: a slot per queued
+        # block, freed once it was put (on the host: vLLM's CUDA pages are copied to it).
+        self._per_batch = max(1, _STAGING_BYTES // layout.block_bytes)
+        self._load_staging = torch.empty((self._per_batch, layout.block_bytes), dtype=torch.uint8)
+        self._load_rows = [memoryview(row) for row in self._load_staging.numpy()]
+        self._save_slots = StagingRing(config.save_queue_blocks, layout.block_bytes, "cpu")
         self.layers: list[torch.Tensor] = []  # each [num_blocks, H, N, C]: vLLM's views
         self._failed: set[int] = set()
 
@@ -64,7 +73,7 @@ class WorkerSide:
         for run in runs:
             self._count_run()
             keys = self.hasher_of(run).keys(run.token_ids)[run.first : run.end]
-            per_batch = max(1, _STAGING_BYTES // self.layout.block_bytes)
+            per_batch = self._per_batch
             for start in range(0, len(keys), per_batch):
                 batch = keys[start : start + per_batch]
                 loaded = self._load_batch(batch, run.block_ids[start : start + per_batch])
@@ -76,12 +85,10 @@ class WorkerSide:
         """Load the leading blocks that arrived whole into their pages; how many they were."""
         lay = self.layout
         # staging: [n, layers, H, N, C] as bytes, one block per row
-        staging = torch.empty((len(keys), lay.block_bytes), dtype=torch.uint8)
-        rows = staging.numpy()
-        sizes = self.client.get_into(keys, [memoryview(row) for row in rows])
+        sizes = self.client.get_into(keys, self._load_rows[: len(keys)])
         whole = next((i for i, size in enumerate(sizes) if size != lay.block_bytes), len(sizes))
         if whole:
-            self._scatter(staging[:whole], block_ids[:whole])
+            self._scatter(self._load_staging[:whole], block_ids[:whole])
             self.stats.loaded_blocks += whole
             self.stats.loaded_tokens += whole * lay.block_size
             self.stats.loaded_bytes += whole * lay.block_bytes
@@ -108,20 +115,30 @@ class WorkerSide:
             self._count_run()
             hasher = self.hasher_of(run)
             keys = hasher.keys(run.token_ids)
-            snapshot = self._gather(run.block_ids)  # [n, block_bytes] bytes on the host
+            staged = self._gather(run.block_ids)  # the leading blocks that got a slot
             blocks = [
-                SavedBlock(keys[depth], keys[depth - 1] if depth else hasher.root, depth, memoryview(row))
-                for depth, row in zip(range(run.first, run.end), snapshot, strict=True)
+                SavedBlock(keys[depth], keys[depth - 1] if depth else hasher.root, depth, s.view, s)
+                for depth, s in zip(range(run.first, run.end), staged, strict=False)
             ]
             self.saver.save(blocks)
+            if len(staged) < len(run.block_ids):
+                self.saver.drop(len(run.block_ids) - len(staged))
             self.stats.queued_blocks += len(blocks)
 
-    def _gather(self, block_ids: list[int]) -> np.ndarray:
+    def _gather(self, block_ids: list[int]) -> list[Staged]:
+        """Copy the leading blocks into free save slots, layer by layer (a copy: vLLM may
+        reuse the pages after this step); fewer when fewer slots are free."""
+        staged = self._save_slots.take(len(block_ids))
+        if not staged:
+            return []
         first = self.layers[0]
-        ids = torch.tensor(block_ids, device=first.device)
-        # snapshot: [n, layers, H, N, C], a copy: the pages may be reused after this step
-        snapshot = torch.stack([kv[ids] for kv in self.layers], dim=1).cpu()
-        return snapshot.view(torch.uint8).reshape(len(block_ids), self.layout.block_bytes).numpy()
+        ids = torch.tensor(block_ids[: len(staged)], device=first.device)
+        slots = torch.tensor([s.slot for s in staged])
+        # rows: [slots, layers, H, N, C] in the cache's dtype, over the ring's bytes
+        rows = self._save_slots.host.view(first.dtype).view(-1, len(self.layers), *first.shape[1:])
+        for layer, kv in enumerate(self.layers):
+            rows[slots, layer] = kv[ids].cpu()
+        return staged
 
     def _count_run(self) -> None:
         self.stats.runs += 1

@@ -55,17 +55,23 @@ class StagingRing:
         self._free = list(range(slots))
         self._lock = threading.Lock()
 
+    def take(self, n: int) -> list[Staged]:
+        """Up to ``n`` free slots for the caller to fill on the host itself (``host[slot]``)
+        before it hands them over; fewer when fewer are free (the rest: dropped)."""
+        with self._lock:
+            return [Staged(self, self._free.pop()) for _ in range(min(n, len(self._free)))]
+
     def stage(self, pages: list[torch.Tensor]) -> list[Staged]:
         """Copy the leading ``pages`` (each contiguous, on the ring's device) into free slots,
         as many as there are free slots; the rest are the caller's to drop."""
-        with self._lock:
-            slots = [self._free.pop() for _ in range(min(len(pages), len(self._free)))]
+        staged = self.take(len(pages))
+        slots = [s.slot for s in staged]
         if self._stream is None:
             for slot, page in zip(slots, pages, strict=False):
                 self.host[slot].copy_(page.view(-1).view(torch.uint8))
         elif slots:
             self._stage_cuda(slots, pages)
-        return [Staged(self, slot) for slot in slots]
+        return staged
 
     def _stage_cuda(self, slots: list[int], pages: list[torch.Tensor]) -> None:
         """The only CUDA code of the save path: copies on the side stream, ordered both ways."""
