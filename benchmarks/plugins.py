@@ -113,8 +113,11 @@ def measure(make, engine: str, transport: str, url: str, reps: int) -> dict:
         counters = path.counters()
     finally:
         path.close()
-    gbps = {name: round(path.nbytes / statistics.median(t) / 1e9, 3) for name, t in times.items()}
-    spread = {name: [round(path.nbytes / max(t) / 1e9, 3), round(path.nbytes / min(t) / 1e9, 3)]
+    def rate(seconds: float) -> float:  # GB/s to 3 significant digits (tiny test runs stay > 0)
+        return float(f"{path.nbytes / seconds / 1e9:.3g}")
+
+    gbps = {name: rate(statistics.median(t)) for name, t in times.items()}
+    spread = {name: [rate(max(t)), rate(min(t))]
               for name, t in times.items()}  # the slowest and fastest turn: how much noise there was
     ratios = {}
     for op in ("save", "load"):
