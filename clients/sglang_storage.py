@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -67,11 +66,11 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from clients.guard import ClientOptions
 from clients.sharded import open_client
+from clients.url import service_url
 from hashing.keys import BlockHasher, Namespace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "kvtier://127.0.0.1:8301"
 _LOG_EVERY_S = 60.0
 # SGLang's own keys, left in the same dict.
 _SGLANG_KEYS = {"backend_name", "module_path", "class_name", "interface_v1", "file_storage_path"}
@@ -90,7 +89,7 @@ class KvtierSettings:
         unknown = set(extra) - _SGLANG_KEYS - {"url", "timeout_s", "salt", "model_id"}
         if unknown:
             log.warning("kvtier storage ignores extra config keys %s", sorted(unknown))
-        url = extra.get("url") or os.environ.get("KVTIER_URL") or DEFAULT_URL
+        url = service_url(extra.get("url"))
         return cls(url, float(extra.get("timeout_s", 1.0)), str(extra.get("salt", "")),
                    str(extra.get("model_id", "")))
 
@@ -187,13 +186,18 @@ class KvtierStorage(HiCacheStorage):
 
     # -- keys and chains ---------------------------------------------------------------
 
-    def _keys(self, page_keys: list[str]) -> list[bytes]:
+    def _layout(self) -> PageRuns:
+        """The registered host pool's page runs (a call before registration is a bug)."""
         if self.runs is None:
             raise RuntimeError("kvtier storage has no host pool: SGLang calls register_mem_pool_host first")
+        return self.runs
+
+    def _keys(self, page_keys: list[str]) -> list[bytes]:
+        count = self._layout().count
         for k in page_keys:
             if not isinstance(k, str) or not k:
                 raise ValueError(f"SGLang page keys are non-empty strings, got {k!r}")
-        return [run_key(self.root, k, j) for k in page_keys for j in range(self.runs.count)]
+        return [run_key(self.root, k, j) for k in page_keys for j in range(count)]
 
     def _entries(self, page_keys: list[str], runs: list[memoryview], extra_info) -> list:
         prefix = (extra_info.prefix_keys if extra_info is not None else None) or []
@@ -271,19 +275,16 @@ class KvtierStorage(HiCacheStorage):
     # -- the machinery ----------------------------------------------------------------------
 
     def _split(self, flat: torch.Tensor) -> list[memoryview]:
-        if self.runs is None:
-            raise RuntimeError("kvtier storage has no host pool: SGLang calls register_mem_pool_host first")
-        return self.runs.split(flat)
+        return self._layout().split(flat)
 
     def _pool_runs(self, keys: list[str], host_indices: torch.Tensor) -> list[memoryview]:
-        if self.runs is None:
-            raise RuntimeError("kvtier storage has no host pool: SGLang calls register_mem_pool_host first")
-        size = self.runs.page_size
+        runs = self._layout()
+        size = runs.page_size
         if host_indices.numel() != len(keys) * size:
             raise ValueError(f"{len(keys)} pages need {len(keys) * size} host indices, "
                              f"got {host_indices.numel()}")
         firsts = host_indices[::size].tolist()
-        return [r for first in firsts for r in self.runs.at(first)]
+        return [r for first in firsts for r in runs.at(first)]
 
     def _load(self, keys: list[str], runs: list[memoryview]) -> list[bool]:
         run_keys, per_page = self._keys(keys), self.runs.count

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_DATA_PORT = 8301
+
+
+def service_url(setting: str | None) -> str:
+    """The service an engine plugin (vLLM, SGLang) talks to: its own setting, else
+    ``$KVTIER_URL``, else ``kvtier serve``'s default data port on this host."""
+    return setting or os.environ.get("KVTIER_URL") or f"kvtier://127.0.0.1:{DEFAULT_DATA_PORT}"
 
 
 @dataclass(frozen=True)

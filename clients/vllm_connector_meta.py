@@ -8,7 +8,6 @@ ids: a key names the tensor-parallel rank, and only the worker knows its rank.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,13 +15,13 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadat
 from vllm.logger import init_logger
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig
 
+from clients.url import service_url
 from hashing.keys import BlockHasher, Namespace
 
 # Under vLLM's own logger tree, so its handler and level apply to these lines.
 log = init_logger("vllm.kvtier")
 
 TESTED_VLLM = "0.34.0"
-DEFAULT_URL = "kvtier://127.0.0.1:8301"
 LOG_EVERY_REQUESTS = 100
 _SETTINGS = {"url", "timeout_s", "salt", "model_id", "allow_untested_vllm"}
 
@@ -47,7 +46,7 @@ class KvtierSettings:
         if unknown:
             raise ValueError(f"kvtier connector: unknown kv_connector_extra_config keys {sorted(unknown)}; "
                              f"it takes {sorted(_SETTINGS)}")
-        url = extra.get("url") or os.environ.get("KVTIER_URL") or DEFAULT_URL
+        url = service_url(extra.get("url"))
         timeout_s = float(extra.get("timeout_s", 1.0))
         if timeout_s <= 0:
             raise ValueError(f"kvtier connector: timeout_s must be positive, got {timeout_s}")
