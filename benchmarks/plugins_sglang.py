@@ -42,42 +42,52 @@ class PageShape:
 
 
 class HostPool:
-    """SGLang's MHA host pool in ``page_first`` layout, on the CPU: its shape, its slicing."""
+    """SGLang's MHA host pool on the CPU: its buffer shapes and its ``get_data_page`` slicing,
+    ``page_first`` ``[2, tokens, layers, heads, head_dim]`` (a page: 2 runs, K and V) or
+    ``layer_first`` ``[2, layers, tokens, heads, head_dim]`` (2 x layers runs). The tests of
+    ``clients.sglang_storage`` use it too."""
 
-    layout = "page_first"
-
-    def __init__(self, shape: PageShape, pages: int):
-        self.shape, self.page_size, self.dtype = shape, shape.page_size, shape.dtype
-        # kv_buffer: [2, tokens, layers, heads, head_dim]
-        self.kv_buffer = torch.zeros(2, pages * shape.page_size, shape.layers, shape.heads, shape.head_dim,
-                                     dtype=shape.dtype)
+    def __init__(self, shape: PageShape, pages: int, layout: str = "page_first"):
+        self.shape, self.layout, self.page_size, self.dtype = shape, layout, shape.page_size, shape.dtype
+        tokens = pages * shape.page_size
+        dims = (tokens, shape.layers) if layout == "page_first" else (shape.layers, tokens)
+        self.kv_buffer = torch.zeros(2, *dims, shape.heads, shape.head_dim, dtype=shape.dtype)
 
     def get_data_page(self, index: int, flat: bool = True) -> torch.Tensor:
-        page = self.kv_buffer[:, index : index + self.page_size]
+        page = self.pages_at(index, self.page_size)
         return page.flatten() if flat else page
 
     def get_dummy_flat_data_page(self) -> torch.Tensor:
         return torch.zeros(self.shape.nbytes // self.dtype.itemsize, dtype=self.dtype)
 
     def pages(self, first: int, n: int) -> torch.Tensor:
-        """Pages ``[first, first + n)``: [2, n * page_size, layers, heads, head_dim], a view."""
-        return self.kv_buffer[:, first * self.page_size : (first + n) * self.page_size]
+        """Pages ``[first, first + n)``, a view of the buffer."""
+        return self.pages_at(first * self.page_size, n * self.page_size)
+
+    def pages_at(self, token: int, tokens: int) -> torch.Tensor:
+        """Token slots ``[token, token + tokens)`` of every layer, a view of the buffer."""
+        if self.layout == "page_first":
+            return self.kv_buffer[:, token : token + tokens]
+        return self.kv_buffer[:, :, token : token + tokens]
 
     def slots(self, first: int, n: int) -> torch.Tensor:
         """Host indices of pages ``[first, first + n)``, as SGLang passes them."""
         return torch.arange(first * self.page_size, (first + n) * self.page_size)
 
 
-def make_storage(url: str, pool: HostPool, timeout_s: float):
-    """``KvtierStorage`` as SGLang's cache controller builds it: the factory, then the pool."""
+def make_storage(url: str, pool: HostPool, tp_rank: int = 0, tp_size: int = 1,
+                 model: str = "bench-llama-3-8b", **extra):
+    """``KvtierStorage`` as SGLang's cache controller builds it: the factory, then the pool;
+    ``extra``: more keys of the backend's extra config (``timeout_s``, ``salt``, ...)."""
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
     from sglang.srt.mem_cache.storage import StorageBackendFactory
 
     config = HiCacheStorageConfig(
-        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1, is_mla_model=False,
-        enable_storage_metrics=False, is_page_first_layout=True, model_name="bench-llama-3-8b",
+        tp_rank=tp_rank, tp_size=tp_size, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
+        is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=pool.layout == "page_first",
+        model_name=model,
         extra_config={"backend_name": "kvtier", "module_path": "clients.sglang_storage",
-                      "class_name": "KvtierStorage", "interface_v1": 1, "url": url, "timeout_s": timeout_s})
+                      "class_name": "KvtierStorage", "interface_v1": 1, "url": url, **extra})
     storage = StorageBackendFactory.create_backend("dynamic", config, pool)
     storage.register_mem_pool_host(pool)
     return storage
@@ -95,7 +105,7 @@ class SGLangPath:
         self.pages, self.nbytes = pages, pages * shape.nbytes
         self.pool = HostPool(shape, 3 * pages)
         self.pool.pages(0, pages).copy_(torch.randn(self.pool.pages(0, pages).shape).to(shape.dtype))
-        self.storage = make_storage(url, self.pool, timeout_s)
+        self.storage = make_storage(url, self.pool, timeout_s=timeout_s)
         self.raw = CacheClient(url, ClientOptions(timeout=timeout_s))
         runs = self.storage.runs
         self.sources = [r for p in range(pages) for r in runs.at(p * shape.page_size)]

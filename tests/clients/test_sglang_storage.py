@@ -13,9 +13,9 @@ import logging
 import httpx
 import pytest
 import torch
-from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig, HiCacheStorageExtraInfo
-from sglang.srt.mem_cache.storage import StorageBackendFactory
+from sglang.srt.mem_cache.hicache_storage import HiCacheStorageExtraInfo
 
+from benchmarks.plugins_sglang import HostPool, PageShape, make_storage
 from cacheserver.process import free_port
 from clients.cache_client import CacheClient
 from clients.sglang_storage import KvtierStorage, run_key
@@ -24,28 +24,12 @@ AUTH = {"X-Admin-Token": "secret"}  # module_server's admin token
 PAGE, LAYERS, HEADS, DIM = 4, 2, 2, 4  # a page: 4 tokens; a run of page_first: 4*2*2*4*2 B = 128 B
 
 
-class HostPool:
-    """SGLang's MHA host pool in miniature: its buffer shapes and its page slicing."""
-
-    def __init__(self, layout: str = "page_first", tokens: int = 64, dtype=torch.bfloat16):
-        self.layout, self.page_size, self.dtype = layout, PAGE, dtype
-        if layout == "page_first":  # kv_buffer: [2, tokens, layers, heads, head_dim]
-            self.kv_buffer = torch.zeros(2, tokens, LAYERS, HEADS, DIM, dtype=dtype)
-        else:  # layer_first; kv_buffer: [2, layers, tokens, heads, head_dim]
-            self.kv_buffer = torch.zeros(2, LAYERS, tokens, HEADS, DIM, dtype=dtype)
-
-    def get_data_page(self, index: int, flat: bool = True) -> torch.Tensor:
-        if self.layout == "page_first":
-            page = self.kv_buffer[:, index : index + PAGE]
-        else:
-            page = self.kv_buffer[:, :, index : index + PAGE]
-        return page.flatten() if flat else page
-
-    def get_dummy_flat_data_page(self) -> torch.Tensor:
-        return torch.zeros(2 * LAYERS * PAGE * HEADS * DIM, dtype=self.dtype)
-
-    def fill(self, seed: int) -> None:
-        self.kv_buffer.copy_(torch.randn(self.kv_buffer.shape, generator=torch.Generator().manual_seed(seed)))
+def host_pool(layout: str = "page_first", dtype=torch.bfloat16, seed: int | None = None) -> HostPool:
+    """A 16-page pool of tiny pages; random K/V when ``seed`` is given, else zeros."""
+    pool = HostPool(PageShape(PAGE, LAYERS, HEADS, DIM, dtype), 16, layout)
+    if seed is not None:
+        pool.kv_buffer.copy_(torch.randn(pool.kv_buffer.shape, generator=torch.Generator().manual_seed(seed)))
+    return pool
 
 
 def page_keys(name: str, n: int) -> list[str]:
@@ -64,14 +48,7 @@ def slots(*pages: int) -> torch.Tensor:
 
 def backend(url: str, pool: HostPool, tp_rank: int = 0, model: str = "tiny-llama", **extra) -> KvtierStorage:
     """Built as SGLang's cache controller builds it: the factory, then the host pool."""
-    config = HiCacheStorageConfig(
-        tp_rank=tp_rank, tp_size=2, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1, is_mla_model=False,
-        enable_storage_metrics=False, is_page_first_layout=pool.layout == "page_first", model_name=model,
-        extra_config={"backend_name": "kvtier", "module_path": "clients.sglang_storage",
-                      "class_name": "KvtierStorage", "interface_v1": 1, "url": url, **extra})
-    storage = StorageBackendFactory.create_backend("dynamic", config, pool)
-    storage.register_mem_pool_host(pool)
-    return storage
+    return make_storage(url, pool, tp_rank=tp_rank, tp_size=2, model=model, **extra)
 
 
 def page(pool: HostPool, p: int) -> torch.Tensor:
@@ -82,8 +59,7 @@ def page(pool: HostPool, p: int) -> torch.Tensor:
 def test_pages_round_trip_to_another_replica(module_server, transport):
     url = module_server.data_url if transport == "tcp" else module_server.unix_url
     keys = page_keys(f"round-{transport}", 3)
-    writer_pool, reader_pool = HostPool(), HostPool()
-    writer_pool.fill(1)
+    writer_pool, reader_pool = host_pool(seed=1), host_pool()
     writer, reader = backend(url, writer_pool), backend(url, reader_pool)
     assert type(writer) is KvtierStorage and writer.runs.count == 2 and writer.runs.nbytes == 128
 
@@ -109,8 +85,7 @@ def test_pages_round_trip_to_another_replica(module_server, transport):
 @pytest.mark.parametrize("layout", ["page_first", "layer_first"])
 def test_v1_fills_the_host_pool_in_place(module_server, layout):
     keys = page_keys(f"v1-{layout}", 3)
-    writer_pool, reader_pool = HostPool(layout), HostPool(layout)
-    writer_pool.fill(2)
+    writer_pool, reader_pool = host_pool(layout, seed=2), host_pool(layout)
     writer = backend(module_server.unix_url, writer_pool)
     reader = backend(module_server.data_url, reader_pool)
     assert writer.runs.count == (2 if layout == "page_first" else 2 * LAYERS)
@@ -132,8 +107,7 @@ def test_v1_fills_the_host_pool_in_place(module_server, layout):
 
 def test_prefix_stops_at_the_first_miss(module_server):
     keys = page_keys("prefix", 4)
-    pool = HostPool()
-    pool.fill(3)
+    pool = host_pool(seed=3)
     storage = backend(module_server.data_url, pool)
     assert storage.batch_set_v1(keys[:2], slots(0, 1)) == [True, True]
     assert storage.batch_set_v1(keys[3:], slots(3), HiCacheStorageExtraInfo(prefix_keys=keys[:3])) == [True]
@@ -146,7 +120,7 @@ def test_parents_follow_the_chain_of_runs(module_server):
     """Run j's parent is run j-1; run 0's is the previous page's last run, from prefix keys
     when SGLang passes them, else the namespace root at depth 0."""
     keys = page_keys("parents", 3)
-    pool = HostPool()
+    pool = host_pool()
     storage = backend(module_server.data_url, pool)
     assert storage.batch_set_v1(keys[:1], slots(0)) == [True]
     after_first = HiCacheStorageExtraInfo(prefix_keys=keys[:1])
@@ -165,19 +139,19 @@ def test_parents_follow_the_chain_of_runs(module_server):
 def test_namespace_keeps_shards_models_layouts_and_tenants_apart(module_server):
     keys = page_keys("namespace", 2)
     url = module_server.data_url
-    pool = HostPool()
+    pool = host_pool()
     assert backend(url, pool).batch_set_v1(keys, slots(0, 1)) == [True] * 2
-    assert backend(url, HostPool()).batch_exists(keys) == 2
-    assert backend(url, HostPool(), tp_rank=1).batch_exists(keys) == 0
-    assert backend(url, HostPool(), model="other-model").batch_exists(keys) == 0
-    assert backend(url, HostPool(), salt="tenant-b").batch_exists(keys) == 0
-    assert backend(url, HostPool(dtype=torch.float16)).batch_exists(keys) == 0
-    assert backend(url, HostPool("layer_first")).batch_exists(keys) == 0
+    assert backend(url, host_pool()).batch_exists(keys) == 2
+    assert backend(url, host_pool(), tp_rank=1).batch_exists(keys) == 0
+    assert backend(url, host_pool(), model="other-model").batch_exists(keys) == 0
+    assert backend(url, host_pool(), salt="tenant-b").batch_exists(keys) == 0
+    assert backend(url, host_pool(dtype=torch.float16)).batch_exists(keys) == 0
+    assert backend(url, host_pool("layer_first")).batch_exists(keys) == 0
 
 
 def test_bad_input_is_an_error_or_a_miss_never_a_wrong_page(module_server):
     keys = page_keys("bad", 2)
-    pool = HostPool()
+    pool = host_pool()
     storage = backend(module_server.data_url, pool)
     with pytest.raises(ValueError, match="host indices"):
         storage.batch_get_v1(keys, slots(0))
@@ -199,7 +173,7 @@ def test_bad_input_is_an_error_or_a_miss_never_a_wrong_page(module_server):
 
 
 def test_a_dead_service_gives_misses_and_counts_them(caplog):
-    pool = HostPool()
+    pool = host_pool()
     storage = backend(f"kvtier://127.0.0.1:{free_port()}", pool, timeout_s=0.5)
     keys = page_keys("dead", 2)
     assert storage.batch_exists(keys) == 0
