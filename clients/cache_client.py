@@ -25,7 +25,7 @@ from cacheserver import protocol as p
 from clients import calls
 from clients.connection import Connection
 from clients.guard import ClientOptions, Guard
-from clients.shared import STALE, SharedSlab, identity
+from clients.shared import STALE, Mapped, SharedSlab, identity
 from clients.url import parse_url
 
 Entry = tuple[bytes, bytes, int, Any]  # key, parent, depth, payload
@@ -62,6 +62,19 @@ class CacheClient:
                 for i, g in zip(stale, again, strict=True):
                     got[i] = g
             return got
+
+        return self._call([None] * len(keys), action)
+
+    def get_mapped(self, keys: Sequence[bytes]) -> list[Mapped | memoryview | None]:
+        """Like ``get``, but a block in the service's shared slab comes back as ``Mapped``
+        (where it lies, not copied), for a caller that copies it itself, for instance by
+        DMA into GPU pages, and then asks ``Mapped.slab.check`` whether its copy is whole.
+        Without a shared slab (TCP, or none offered) this is ``get``."""
+        def action(conn: Connection):
+            if conn.shared is None:
+                return conn.exchange(calls.get_plan(keys, self.options.max_batch), self.options.timeout)
+            return conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, conn.shared, copy=False),
+                                 self.options.timeout)
 
         return self._call([None] * len(keys), action)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cacheserver import protocol as p
-from clients.shared import SharedSlab
+from clients.shared import Mapped, SharedSlab
+from tiers.base import Location
 
 
 class ServerError(Exception):
@@ -86,15 +87,22 @@ def get_plan(keys: Sequence[bytes], max_batch: int) -> Plan:
 
 
 def get_mapped_plan(keys: Sequence[bytes], max_batch: int, slab: SharedSlab,
-                    dests: Sequence[memoryview] | None = None) -> Plan:
+                    dests: Sequence[memoryview] | None = None, copy: bool = True) -> Plan:
     """GET through the shared slab: blocks there are copied out of it (into ``dests``
-    when given: one buffer per key, one request), the rest arrive inline."""
+    when given: one buffer per key, one request), or with ``copy=False`` handed back as
+    ``Mapped`` for the caller to copy; the rest arrive inline."""
     chunks = _chunks(keys, max_batch)
     if dests is not None and len(chunks) != 1:
         raise ValueError(f"copying into buffers takes at most {max_batch} keys")
+
+    def parse(n: int, body: memoryview) -> list:
+        located = p.parse_get_mapped(body, n, slab.slab_bytes)
+        if copy:
+            return slab.copy_out(located, dests)
+        return [Mapped(slab, r) if isinstance(r, Location) else r for r in located]
+
     requests = [Request(p.Op.GET_MAPPED, len(c), [p.keys_body(list(c))]) for c in chunks]
-    return Plan(requests, lambda n, body: slab.copy_out(p.parse_get_mapped(body, n, slab.slab_bytes), dests),
-                lambda parts: [x for part in parts for x in part], [None] * len(keys))
+    return Plan(requests, parse, lambda parts: [x for part in parts for x in part], [None] * len(keys))
 
 
 def put_plan(entries: Sequence[tuple[bytes, bytes, int, Any]], max_batch: int, max_frame: int) -> Plan:

@@ -83,6 +83,11 @@ class ShardedCacheClient:
         answers = self._each(groups, lambda c, rows: c.get([keys[i] for i in rows]))
         return self._merge(len(keys), groups, answers)
 
+    def get_mapped(self, keys: Sequence[bytes]) -> list:
+        groups = self._split(keys)
+        answers = self._each(groups, lambda c, rows: c.get_mapped([keys[i] for i in rows]))
+        return self._merge(len(keys), groups, answers)
+
     def get_into(self, keys: Sequence[bytes], outs: Sequence[memoryview]) -> list[int | None]:
         if len(keys) != len(outs):
             raise ValueError("get_into takes one buffer per key")

@@ -9,12 +9,17 @@ slab (flash, HBM) still arrive inline in the reply.
 Every copy is checked afterwards (``tiers.sharedmem`` explains the seqlock): a block the
 service evicted while it was being copied comes back as ``STALE``, never as mixed bytes,
 and the client asks for it again over the socket (it may have moved to flash).
+
+A caller that copies blocks itself (an engine, straight into its KV pages, on a GPU by DMA)
+gets them as ``Mapped`` (``CacheClient.get_mapped``), copies, and only then asks ``check``
+which copies are whole.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +34,19 @@ def identity(fds: list[int]) -> tuple[int, int]:
     """What tells one service's slab from another's (a restarted service has a new one)."""
     st = os.fstat(fds[0])
     return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A block that lies in a service's shared slab, not yet copied: ``slab.data`` at
+    ``location.segments``. Whole only if ``slab.check`` says so after the copy."""
+
+    slab: SharedSlab
+    location: Location
+
+    @property
+    def nbytes(self) -> int:
+        return self.location.size
 
 
 class SharedSlab:
@@ -79,10 +97,16 @@ class SharedSlab:
                 dest[:size] = r
             out.append(dest[:size])
         if located:
-            fence()  # the copies above complete before the generations are read
-            whole = unchanged(self.generations, self.page_size, [results[i] for i in located])
+            whole = self.check([results[i] for i in located])
             for i in np.flatnonzero(~whole).tolist():
                 out[located[i]] = STALE
-                self.counters.stale_blocks += 1
-            self.counters.mapped_bytes += sum(results[i].size for i in located)
         return out
+
+    def check(self, located: Sequence[Location]) -> np.ndarray:
+        """Whether each copy of these blocks, made before this call and complete, is whole
+        (its block did not move meanwhile); counts the bytes and the stale ones."""
+        fence()  # the copies complete before the generations are read
+        whole = unchanged(self.generations, self.page_size, list(located))
+        self.counters.stale_blocks += int((~whole).sum())
+        self.counters.mapped_bytes += sum(w.size for w in located)
+        return whole

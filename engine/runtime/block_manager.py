@@ -6,8 +6,8 @@ list but keeps its content and its key, so a later request with the same prefix 
 it back (a *hit*); new pages are taken from the free list's oldest end, and only then
 does a page lose its old key (an *eviction*). Keys are the chained block keys of
 ``hashing/keys.py``, the same the cache service uses, so a connector can ask the service
-for the blocks after the local hit (``find_cached`` gives the local part) and fill pages
-with them (``KVCache.write_page``).
+for the blocks after the local hit (``find_cached`` gives the local part) and load them
+into pages it ``reserve``s and then ``commit``s.
 
 Free list order (an ``OrderedDict``: O(1) take-oldest, and O(1) removal when a free page
 is hit again)::
@@ -135,26 +135,33 @@ class BlockManager:
             n += 1
         return n
 
-    def insert_cached(self, keys: list[bytes]) -> list[int] | None:
-        """Pages for blocks that arrive from outside (the cache service), indexed under ``keys``.
+    def reserve(self, n: int) -> list[int]:
+        """Up to ``n`` free pages (fewer when fewer are free) for blocks on their way in from
+        the cache service: taken off the free list and out of the index (what they held is
+        evicted), so nothing hits them while they are written. ``commit`` or ``release``
+        each of them afterwards."""
+        return [self._take_oldest_free() for _ in range(min(n, self.num_free_blocks))]
 
-        The pages stay free (reference count 0, at the newest end of the free list), like
-        the pages of a finished request: the caller fills them with ``KVCache.write_page``
-        before the next ``find_cached`` that could hit them, and then queues the request,
-        whose admission finds them like any local hit. Keys already indexed keep their
-        page. None, inserting nothing, if the free pages do not suffice.
-        """
-        new = [k for k in dict.fromkeys(keys) if k not in self._index]
-        if len(new) > self.num_free_blocks:
-            self.stats.allocation_failures += 1
-            return None
-        for key in new:
-            block_id = self._take_oldest_free()
+    def commit(self, block_ids: list[int], keys: list[bytes]) -> None:
+        """Reserved pages now hold ``keys``' blocks: index them, free (reference count 0),
+        like the pages of a finished request, so admission finds them as hits. Deepest
+        first onto the newest end, so the prefix goes last. A key indexed meanwhile (the
+        block was computed here) keeps its page; this one is released."""
+        for block_id, key in reversed(list(zip(block_ids, keys, strict=True))):
+            if key in self._index:
+                self.release([block_id])
+                continue
             block = self.blocks[block_id]
             block.ref_count, block.key = 0, key
             self._index[key] = block_id
             self._free[block_id] = None
-        return [self._index[k] for k in keys]
+
+    def release(self, block_ids: list[int]) -> None:
+        """Give reserved pages back unused: free, at the oldest end (they hold nothing)."""
+        for block_id in block_ids:
+            self.blocks[block_id].ref_count = 0
+            self._free[block_id] = None
+            self._free.move_to_end(block_id, last=False)
 
     def _take(self, block_id: int) -> None:
         block = self.blocks[block_id]

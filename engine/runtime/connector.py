@@ -4,9 +4,9 @@
 
     engine thread                         connector threads               cache service
     add_request ──start_fetch(keys)──►    lookup(keys) → n cached ────►   (data plane)
-                                          get(keys[:n]) → payloads ◄───
+                                          get_mapped(keys[:n]) → blocks ◄─
     step ◄──────completed()───────────    FetchResult
-         (pages filled, request queued)
+         (blocks loaded into pages: see page_loader.py; then the request is queued)
     step ──save(blocks)──► bounded queue ──► put(batch) ───────────────►
          (pages staged: see staging.py)      (wait for each staged copy; release its slot after)
 
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from clients.cache_client import CacheClient
 from clients.guard import ClientOptions
 from clients.sharded import ShardedCacheClient, open_client, split_urls
+from clients.shared import Mapped
 
 if TYPE_CHECKING:  # the connector itself needs no torch
     from engine.runtime.staging import Staged
@@ -74,11 +75,13 @@ class SavedBlock:
 
 @dataclass(frozen=True)
 class FetchResult:
-    """The leading blocks of the asked keys that the service had, in order."""
+    """The leading blocks of the asked keys that the service had, in order: each where it
+    lies in the service's shared slab (``Mapped``, same host) or received (a writable view,
+    valid as long as the result is held)."""
 
     keys: list[bytes]
     tiers: list[str]
-    payloads: list[memoryview]  # writable views, valid as long as the result is held
+    blocks: list[Mapped | memoryview]
     timed_out: bool = False
 
 
@@ -89,7 +92,8 @@ class ConnectorStats:
     fetched_bytes: int = 0
     fetch_timeouts: int = 0
     short_gets: int = 0  # the lookup said cached, the get came back without it
-    rejected_blocks: int = 0  # the engine refused a payload (wrong size for a page)
+    rejected_blocks: int = 0  # the engine refused a block (wrong size for a page, no free page)
+    moved_blocks: int = 0  # the service moved a mapped block while the engine copied it
     saved_blocks: int = 0
     saved_bytes: int = 0
     save_dropped: int = 0  # the save queue (or the engine's staging ring) was full
@@ -151,9 +155,9 @@ class CacheConnector:
             else:
                 continue
             del self._pending[request_id]
-            self.stats.fetched_blocks += len(result.payloads)
-            self.stats.fetched_bytes += sum(len(p) for p in result.payloads)
-            self.stats.hits_by_tier.update(result.tiers[: len(result.payloads)])
+            self.stats.fetched_blocks += len(result.blocks)
+            self.stats.fetched_bytes += sum(b.nbytes for b in result.blocks)
+            self.stats.hits_by_tier.update(result.tiers[: len(result.blocks)])
             out.append((request_id, result))
         return out
 
@@ -167,18 +171,24 @@ class CacheConnector:
         self.stats.rejected_blocks += 1
         self._note("rejected a block from the cache service (%s): %s", key.hex(), reason)
 
+    def moved(self, key: bytes) -> None:
+        """A mapped block moved while the engine copied it: it is recomputed, not used."""
+        self.stats.moved_blocks += 1
+        self._note("a cached block (%s) moved while it was copied; recomputing it", key.hex())
+
     def _fetch(self, keys: list[bytes]) -> FetchResult:
         tiers = self.client.lookup(keys)
         if not tiers:
             return FetchResult(keys, [], [])
-        payloads: list[memoryview] = []
-        # Views into the reply's receive buffer (kept alive by them): no copy per block.
-        for view in self.client.get(keys[: len(tiers)]):
-            if view is None:  # evicted between lookup and get: the prefix ends here
+        blocks: list[Mapped | memoryview] = []
+        # Where each block lies in the shared slab, or a view into the reply's receive
+        # buffer (kept alive by it): no copy here; the engine copies each into its page.
+        for block in self.client.get_mapped(keys[: len(tiers)]):
+            if block is None:  # evicted between lookup and get: the prefix ends here
                 self.stats.short_gets += 1
                 break
-            payloads.append(view)
-        return FetchResult(keys, tiers, payloads)
+            blocks.append(block)
+        return FetchResult(keys, tiers, blocks)
 
     # -- saving --------------------------------------------------------------------------
 

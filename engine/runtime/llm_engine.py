@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence as Seq
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,6 +27,7 @@ from engine.runtime.block_manager import BlockManager
 from engine.runtime.connector import CacheConnector, FetchResult, SavedBlock
 from engine.runtime.model_runner import ModelRunner
 from engine.runtime.outputs import RequestOutput
+from engine.runtime.page_loader import Load, PageLoader
 from engine.runtime.sampler import adjust_logits, sample
 from engine.runtime.sampling_params import SamplingParams
 from engine.runtime.scheduler import ScheduledChunk, Scheduler
@@ -38,6 +39,17 @@ from hashing.keys import BlockHasher, Namespace
 log = logging.getLogger(__name__)
 
 Prompt = str | list[int]
+
+
+@dataclass
+class _Loading:
+    """A request's fetched blocks being copied into the pages reserved for them."""
+
+    seq: Sequence | None  # None once aborted
+    keys: list[bytes]
+    tiers: list[str]
+    block_ids: list[int]
+    load: Load
 
 
 def _num_blocks(config: EngineConfig, layout: PageLayout) -> int:
@@ -91,6 +103,8 @@ class LLMEngine:
         self._staging = StagingRing(connector.config.save_queue_blocks, layout.nbytes, self.device) \
             if connector is not None else None
         self._fetching: dict[str, Sequence] = {}  # requests waiting for their cached prefix
+        self._loader = PageLoader(self.device)
+        self._loads: list[_Loading] = []  # fetched blocks being copied into reserved pages, in order
         self._hashers: dict[str, BlockHasher] = {}
         self._ids = itertools.count()
 
@@ -153,6 +167,9 @@ class LLMEngine:
             return False
         if self._fetching.pop(request_id, None) is not None:
             self.connector.cancel(request_id)
+        for loading in self._loads:  # its copies still run: the pages stay reserved till then
+            if loading.seq is seq:
+                loading.seq = None
         self.scheduler.finish(seq)
         seq.finish("abort", self.tokenizer.decode(seq.output_token_ids) if self.tokenizer else "")
         return True
@@ -169,7 +186,7 @@ class LLMEngine:
         return len(cached)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or bool(self._fetching)
+        return self.scheduler.has_unfinished() or bool(self._fetching) or bool(self._loads)
 
     # -- the cache service (through the connector) --------------------------------------
 
@@ -188,36 +205,49 @@ class LLMEngine:
         return True
 
     def _receive_fetched(self) -> None:
+        """Start loading what fetches brought into reserved pages; queue each request whose
+        load is done (on the CPU at once; on a GPU once its copies completed)."""
         for request_id, result in self.connector.completed():
             seq = self._fetching.pop(request_id, None)
-            if seq is None:  # aborted meanwhile
-                continue
-            self._import(seq, result)
-            self.scheduler.add(seq)
+            if seq is not None:  # else aborted meanwhile
+                self._loads.append(self._start_load(seq, result))
+        while self._loads and self._loads[0].load.done():  # in order: a queue keeps its order
+            self._finish_load(self._loads.pop(0))
 
-    def _import(self, seq: Sequence, result: FetchResult) -> None:
-        """Put fetched blocks into free pages, indexed, so admission finds them as hits. A
-        payload that does not fit a page ends the usable prefix there."""
+    def _start_load(self, seq: Sequence, result: FetchResult) -> _Loading:
+        """Reserve pages for the fetched blocks not already here and start copying into them.
+        A block that does not fit a page, or finds no free page, ends the prefix there."""
         page = self.kv_cache.layout.nbytes
-        keys, payloads = [], []
-        for key, payload in zip(result.keys, result.payloads, strict=False):
-            if len(payload) != page:
-                self.connector.reject(key, f"{len(payload)} B where a page holds {page}")
+        keys, blocks, tiers = [], [], []
+        for key, block, tier in zip(result.keys, result.blocks, result.tiers, strict=False):
+            if block.nbytes != page:
+                self.connector.reject(key, f"{block.nbytes} B where a page holds {page}")
                 break
-            keys.append(key)
-            payloads.append(payload)
-        if not keys:
+            if self.block_manager.cached_block_id(key) is None:  # else computed here meanwhile
+                keys.append(key)
+                blocks.append(block)
+                tiers.append(tier)
+        block_ids = self.block_manager.reserve(len(keys))
+        if len(block_ids) < len(keys):  # the pool is full of running requests: prefill the rest
+            self.connector.reject(keys[len(block_ids)], "no free pages to receive the blocks")
+        n = len(block_ids)
+        load = self._loader.load([self.kv_cache.page(b) for b in block_ids], blocks[:n])
+        return _Loading(seq, keys[:n], tiers[:n], block_ids, load)
+
+    def _finish_load(self, loading: _Loading) -> None:
+        """Index the pages whose copies are whole, up to the first that is not (a block the
+        service moved meanwhile: recomputed, never used); then queue the request."""
+        whole = loading.load.whole()
+        n = whole.index(False) if False in whole else len(whole)
+        if n < len(whole):
+            self.connector.moved(loading.keys[n])
+        self.block_manager.commit(loading.block_ids[:n], loading.keys[:n])
+        self.block_manager.release(loading.block_ids[n:])
+        seq = loading.seq
+        if seq is None:  # aborted while loading: the blocks stay cached all the same
             return
-        fresh = [self.block_manager.cached_block_id(k) is None for k in keys]
-        # Deepest first, so the prefix ends up newest on the free list and goes last.
-        block_ids = self.block_manager.insert_cached(keys[::-1])
-        if block_ids is None:  # the pool is full of running requests: prefill instead
-            self.connector.reject(keys[0], "no free pages to receive the blocks")
-            return
-        for i, (key, block_id, new) in enumerate(zip(keys, block_ids[::-1], fresh, strict=True)):
-            if new:  # a page that meanwhile got this block locally keeps its own copy
-                self.kv_cache.write_page(block_id, payloads[i])
-                seq.imported[key] = result.tiers[i]
+        seq.imported.update(zip(loading.keys[:n], loading.tiers[:n], strict=True))
+        self.scheduler.add(seq)
 
     def _save(self, seq: Sequence, positions: list[int]) -> None:
         """Hand blocks that just filled to the cache service: staged now (on a GPU, copies
@@ -257,8 +287,10 @@ class LLMEngine:
         if self.connector is not None:
             self._receive_fetched()
         chunks = self.scheduler.schedule()
-        if not chunks:
-            if self._fetching:  # nothing to compute until a fetch lands
+        if not chunks:  # nothing to compute until a fetch lands or a load completes
+            if self._loads:
+                self._loads[0].load.wait()
+            elif self._fetching:
                 self.connector.wait(0.01)
             return []
         logits = self.runner.run(chunks)  # [B, V] for the chunks that sample

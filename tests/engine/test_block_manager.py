@@ -126,14 +126,26 @@ def test_prefix_caching_off_finds_nothing():
     assert bm.find_cached(seq(range(8)).block_keys(2)) == []
 
 
-def test_inserted_blocks_are_found_like_local_hits():
+def test_reserved_pages_are_hit_only_once_committed():
     bm = BlockManager(4, BS)
-    computed(bm, seq(range(4), "a"))  # block 0
+    bm.free(computed(bm, seq(range(4), "a")))  # block 0, cached and free
     keys = seq(range(12), "b").block_keys(3)
-    assert bm.insert_cached(keys) == [0, 1, 2]  # key 0 was already here
-    assert bm.num_free_blocks == 3  # inserted pages stay free until a request takes them
-    assert bm.find_cached(keys) == [0, 1, 2]
-    assert bm.insert_cached([bytes([i]) * 16 for i in range(2, 9)]) is None
+    pages = bm.reserve(3)
+    assert pages == [1, 2, 3] and bm.num_free_blocks == 1  # unkeyed pages go first
+    assert bm.find_cached(keys) == [0]  # key 0 was already here; the rest are not yet
+    bm.commit(pages, keys)  # key 0 keeps its page; the reserved one for it is released
+    assert bm.find_cached(keys) == [0, 2, 3]
+    assert bm.num_free_blocks == 4  # committed pages stay free until a request takes them
+    assert bm.reserve(9) == [1, 0, 3, 2]  # as many as are free: the released one, then the
+    # oldest, then the committed blocks deepest first (a prefix is evicted last)
+    assert bm.find_cached(keys) == [] and bm.stats.evictions == 3
+
+
+def test_released_pages_go_back_unkeyed():
+    bm = BlockManager(3, BS)
+    pages = bm.reserve(2)
+    bm.release(pages)
+    assert bm.num_free_blocks == 3 and all(bm.blocks[b].key is None for b in pages)
 
 
 def test_engine_serves_a_prefix_written_from_bytes():
@@ -147,8 +159,10 @@ def test_engine_serves_a_prefix_written_from_bytes():
     keys = source.hasher().keys(prompt)
     payloads = [bytes(source.kv_cache.page(source.block_manager.cached_block_id(k)).numpy()) for k in keys]
     target = tiny_engine()
-    for block_id, payload in zip(target.block_manager.insert_cached(keys), payloads, strict=True):
+    block_ids = target.block_manager.reserve(len(keys))
+    for block_id, payload in zip(block_ids, payloads, strict=True):
         target.kv_cache.write_page(block_id, payload)
+    target.block_manager.commit(block_ids, keys)
     warm = target.generate([prompt], params)[0]
     assert warm.num_cached_tokens == 8
     assert warm.token_ids == cold.token_ids

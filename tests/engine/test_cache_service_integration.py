@@ -48,25 +48,33 @@ def assert_same(out, ref) -> None:
     assert logprobs(out) == pytest.approx(logprobs(ref), abs=1e-4)
 
 
-def test_hits_from_dram_flash_and_the_local_pool_change_nothing(served, reference):
-    first = engine(served.data_url)
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_hits_from_dram_flash_and_the_local_pool_change_nothing(served, reference, transport):
+    """Over ``unix://`` the DRAM hit is copied from the service's shared slab straight into
+    the engine's pages: no payload byte crosses the socket."""
+    url = served.unix_url if transport == "unix" else served.data_url
+    first = engine(url)
     out = run(first)
     assert_same(out, reference)
     assert out.cached_tokens_by_source == {"local": 0}
     assert first.connector.stats.saved_blocks == (len(PROMPT) + 8 - 1) // 4  # prompt and reply
 
-    fresh = engine(served.data_url)  # another engine process: only the service has the blocks
+    fresh = engine(url)  # another engine process: only the service has the blocks
     out = run(fresh)
     assert_same(out, reference)
     assert out.cached_tokens_by_source == {"local": 0, "dram": 20}  # 5 full blocks before the last token
     assert out.num_cached_tokens == 20
+    fetched, counters = fresh.connector.stats.fetched_bytes, fresh.connector.client.counters
+    assert fetched == 5 * fresh.kv_cache.layout.nbytes
+    assert counters.mapped_bytes == (fetched if transport == "unix" else 0)
+    assert counters.stale_blocks == 0
 
     out = run(fresh)  # now its own pool has them
     assert_same(out, reference)
     assert out.cached_tokens_by_source == {"local": 20}
 
     served.restart()  # SIGTERM persists DRAM to flash; the new process starts with DRAM empty
-    after = engine(served.data_url)
+    after = engine(url)
     out = run(after)
     assert_same(out, reference)
     assert out.cached_tokens_by_source == {"local": 0, "flash": 20}
@@ -121,6 +129,24 @@ def test_a_bad_block_from_the_service_is_recomputed(served, reference):
     assert_same(out, reference)
     assert out.num_cached_tokens == 0
     assert e.connector.stats.rejected_blocks == 1
+
+
+def test_a_block_the_service_moves_before_it_is_copied_is_recomputed(served, reference):
+    """The fetch located 5 blocks in the shared slab; the service frees the third before
+    the engine copies them: the first two are used, the rest recomputed, the answer unchanged."""
+    run(engine(served.data_url))
+    e = engine(served.unix_url)
+    request = e.add_request(PROMPT, GREEDY)
+    e.connector.wait(5)  # the fetch completed; the engine has not taken its result yet
+    assert e.connector.num_pending == 1 and not e._loads
+    with CacheClient(served.data_url) as writer:
+        assert writer.delete([e.hasher().keys(PROMPT)[2]]) == 1
+    final = None
+    while final is None:
+        final = next((o for o in e.step() if o.request_id == request and o.finished), None)
+    assert_same(final, reference)
+    assert final.cached_tokens_by_source == {"local": 0, "dram": 8}
+    assert e.connector.stats.moved_blocks == 1 and e.connector.client.counters.stale_blocks == 1
 
 
 def test_a_secret_hash_seed_changes_every_key_but_not_the_output(served, reference):

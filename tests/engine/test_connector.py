@@ -46,7 +46,7 @@ def test_saves_arrive_and_fetch_returns_the_cached_prefix(connector):
     connector.start_fetch("r1", [b.key for b in chain])
     [(rid, result)] = wait_completed(connector)
     assert rid == "r1" and not result.timed_out
-    assert result.payloads == [b.payload for b in chain[:3]]
+    assert [bytes(b) for b in result.blocks] == [b.payload for b in chain[:3]]
     assert result.tiers == ["dram"] * 3
     assert connector.stats.fetched_blocks == 3 and connector.stats.hits_by_tier == {"dram": 3}
     assert connector.num_pending == 0
@@ -55,7 +55,7 @@ def test_saves_arrive_and_fetch_returns_the_cached_prefix(connector):
 def test_nothing_cached_is_an_empty_result(connector):
     connector.start_fetch("r", [b.key for b in blocks(2, salt="other")])
     [(_, result)] = wait_completed(connector)
-    assert result.payloads == [] and not result.timed_out
+    assert result.blocks == [] and not result.timed_out
 
 
 
@@ -64,7 +64,7 @@ def test_service_down_means_misses_and_failed_saves():
     try:
         c.start_fetch("r", [b.key for b in blocks(2)])
         [(_, result)] = wait_completed(c)
-        assert result.payloads == []
+        assert result.blocks == []
         c.save(blocks(2))
         assert c.flush(10)
         assert c.stats.save_failed == 2 and c.stats.saved_blocks == 0
@@ -80,7 +80,7 @@ def test_a_stalled_service_times_out_and_full_save_queue_drops(black_hole):
         started = time.monotonic()
         c.start_fetch("r", [b.key for b in blocks(2)])
         [(_, result)] = wait_completed(c)
-        assert result.timed_out and result.payloads == []
+        assert result.timed_out and result.blocks == []
         assert time.monotonic() - started < 1.5  # the request did not wait for the client
         assert c.stats.fetch_timeouts == 1
         c.save(blocks(10))  # the saver is stuck on the first; the queue holds two more

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -260,3 +261,35 @@ def test_cuda_engine_saves_its_pages_through_the_staging_ring(served):
         assert [bytes(g) for g in connector.client.get(keys)] == pages
     finally:
         connector.close()
+
+
+@pytest.mark.gpu
+def test_cuda_engine_loads_dram_hits_straight_from_shared_memory_and_outlives_the_service(served):
+    """A second CUDA engine on the service's Unix socket gets the first one's blocks by DMA
+    out of the service's shared DRAM slab (no payload over the socket), answers exactly as
+    the first did, and keeps answering after the service is killed."""
+    from engine.runtime.connector import CacheConnector, ConnectorConfig
+
+    def engine() -> LLMEngine:
+        return LLMEngine(EngineConfig(dtype="float32", device="cuda", block_size=16, num_blocks=64,
+                                      max_num_seqs=8, max_num_batched_tokens=48),
+                         tiny_checkpoint(SMALL), CacheConnector(ConnectorConfig(served.unix_url)))
+
+    first, second = engine(), engine()
+    try:
+        cold = greedy(first)
+        assert first.connector.flush(30)
+        warm = greedy(second)
+        for a, b in zip(cold, warm, strict=True):
+            assert a.token_ids == b.token_ids
+            for la, lb in zip(a.logprobs, b.logprobs, strict=True):
+                assert all(abs(la[t] - lb[t]) < 1e-3 for t in la.keys() & lb.keys())
+        assert sum(o.cached_tokens_by_source.get("dram", 0) for o in warm) >= 4 * 16
+        stats, counters = second.connector.stats, second.connector.client.counters
+        assert counters.mapped_bytes == stats.fetched_bytes > 0 and stats.moved_blocks == 0
+        served.stop(signal.SIGKILL)
+        after = second.generate([list(range(200, 260))], SamplingParams(max_tokens=8, temperature=0))[0]
+        assert after.finished and len(after.token_ids) == 8
+    finally:
+        first.connector.close()
+        second.connector.close()
