@@ -1,4 +1,4 @@
-"""The tiered store a ``ServeConfig`` describes: HBM (if sized), DRAM, flash (if sized),
+"""The tiered store a ``ServeConfig`` describes: DRAM, HBM (if sized), flash (if sized),
 and the remote tier below them (if ``remote`` names one).
 
 A flash tier that cannot be opened (folder not creatable, LMDB refuses it) does not stop
@@ -35,11 +35,16 @@ def build_store(config: ServeConfig) -> Built:
 
     page = config.page_kb << 10
     tiers: list[Tier] = []
-    if config.hbm_gb:
-        tiers.append(hbm_tier(config.bytes_of(config.hbm_gb), page))
+    # DRAM above HBM. An engine reads a DRAM hit out of shared memory (on a GPU, by DMA
+    # from the mapping) or over the socket, and an HBM hit only over the socket, after a
+    # GPU-to-host copy: slower either way. So new and promoted blocks go to DRAM, HBM holds
+    # what DRAM evicts (above flash), and DRAM holds just what it would without an HBM tier:
+    # an HBM tier never makes a hit slower. (Engines reading HBM by CUDA IPC would change this.)
     if config.dram_gb:
         shared = config.shared_memory and bool(config.unix_socket) and sharedmem.supported()
         tiers.append(dram_tier(config.bytes_of(config.dram_gb), page, shared=shared))
+    if config.hbm_gb:
+        tiers.append(hbm_tier(config.bytes_of(config.hbm_gb), page))
     problem = ""
     if config.flash_gb:
         flash, problem = open_flash(config)

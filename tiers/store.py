@@ -1,6 +1,7 @@
 """The tiered block store: placement, promotion, demotion, pins and eviction over tiers.
 
-Tiers are ordered fastest first (HBM, DRAM, flash). The store owns the index (key →
+Tiers are ordered fastest first, as the service's clients see them (DRAM, HBM, flash:
+``cacheserver.tiers_from_config`` says why DRAM comes first). The store owns the index (key →
 ``BlockMeta``), every tier's eviction policy, and every counter; tiers only keep bytes.
 
 - ``put`` places new blocks in the fastest tier with room (making room by eviction);

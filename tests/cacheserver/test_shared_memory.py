@@ -161,3 +161,19 @@ def test_a_block_spread_over_several_runs_is_sent_and_copied_whole():
     reply.sent()
     assert len(where[0].segments) == 2
     assert bytes(slab.copy_out(where)[0]) == spread[0][3]
+
+
+@pytest.mark.gpu
+def test_with_an_hbm_tier_new_blocks_go_to_shared_dram_and_hbm_takes_its_evictions(serve_factory):
+    """DRAM comes before HBM: a same-host client maps every DRAM block, and HBM holds only
+    what DRAM evicted (which would otherwise have gone to flash)."""
+    served = serve_factory(dram_gb=1 / 1024, hbm_gb=4 / 1024)  # 1 MiB DRAM, 4 MiB HBM
+    blocks = chain("hbm-below", 12, size=200_000)
+    with CacheClient(served.unix_url) as c:
+        assert c.put(blocks) == 12
+        tiers = c.lookup(keys_of(blocks))
+        assert set(tiers) == {"dram", "hbm"} and tiers[-1] == "dram"
+        in_dram = tiers.count("dram")
+        got = c.get(keys_of(blocks))
+        assert [bytes(g) for g in got] == [b[3] for b in blocks]
+        assert c.counters.mapped_bytes >= in_dram * 200_000
