@@ -1,4 +1,4 @@
-"""Data-plane throughput and latency: kvtier (TCP, Unix socket) beside Redis and memcpy.
+"""Data-plane throughput and latency: kvtier (TCP, Unix socket, into KV pages) beside Redis and memcpy.
 
 One run starts a real ``kvtier serve`` and a real ``redis-server`` (installed with apt if
 missing), then for each block size and client count measures batches of ``--batch``
@@ -17,6 +17,15 @@ processes over a bare socket, with no protocol and no store: the ceiling any soc
 protocol can reach on this machine. Puts to kvtier use fresh keys every batch (each put really
 stores, and DRAM evicts as it fills); puts to Redis overwrite the same keys (Redis copies
 every SET, and memory stays bounded).
+
+``shm_pages`` and ``socket_pages`` are the engine's load path: ``get_mapped`` then
+``PageLoader.load`` into preallocated KV pages on ``--device`` (on a GPU, DMA out of the
+service's registered slab), each load waited for and checked whole; ``shm_pages`` on the
+Unix socket with shared memory (a same-host engine), ``socket_pages`` over TCP (an engine
+on another host). Their ceiling is memcpy on the CPU, and on a GPU ``pinned_h2d`` (the
+same bytes from pinned host memory into device memory) beside ``d2d`` (device to device).
+``--device cuda`` runs only those four by default: Redis and the socket-only paths say
+nothing about GPU pages (and the GPU machine has no redis-server).
 """
 
 from __future__ import annotations
@@ -33,12 +42,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
 
 from cacheserver.process import free_port
 
 KIB = 1024
 SIZES = {"360KiB": 360 * KIB, "2MiB": 2048 * KIB}
-TARGETS = {"get_vs_redis_1_client": 2.0, "unix_get_vs_memcpy": 0.30}
+TARGETS = {"kvtier_get_vs_redis": 2.0, "unix_get_vs_memcpy": 0.30, "shm_pages_vs_pinned_h2d": 0.80}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="360KiB,2MiB", help=f"block sizes among {list(SIZES)}")
     parser.add_argument("--round-s", type=float, default=0.6, help="seconds per measurement round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the median counts")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the KV pages of shm_pages and socket_pages live (default cpu)")
+    parser.add_argument("--systems", help=f"comma-separated, among {','.join(SYSTEMS)} (default: on cpu all "
+                        f"but {','.join(CUDA_ONLY)}; on cuda {','.join(DEFAULT_SYSTEMS['cuda'])})")
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -186,14 +201,8 @@ def kvtier_workers(url: str, clients: int, data: Payloads, op: str, shared: bool
     for c in range(clients):
         client = CacheClient(url, ClientOptions(timeout=30.0, shared_memory=shared))
         made.append(client)
-        keys = [key_of("get", data.size, c, i) for i in range(len(data.blocks))]
         if op.startswith("get"):
-            # Pinned, so the put rounds' churn never evicts what the get rounds read.
-            client.put([(k, root, 0, b) for k, b in zip(keys, data.blocks, strict=True)])
-            if client.pin(keys) != len(keys) or bytes(client.get(keys[:1])[0]) != data.blocks[0]:
-                raise RuntimeError(f"kvtier at {url} did not round-trip a block")
-            if shared and not client.counters.mapped_bytes:
-                raise RuntimeError(f"kvtier at {url} offered no shared memory")
+            keys = stored_keys(client, url, data, c, shared)
             if op == "get":
                 workers.append(lambda client=client, keys=keys: _check_get(client.get(keys), len(keys)))
             else:
@@ -205,6 +214,77 @@ def kvtier_workers(url: str, clients: int, data: Payloads, op: str, shared: bool
             workers.append(lambda client=client, c=c, counter=counter: client.put(
                 [(key_of(url, c, next(counter)), root, 0, b) for b in data.blocks]))
     return workers, made
+
+
+def stored_keys(client, url: str, data: Payloads, c: int, shared: bool) -> list[bytes]:
+    """Client ``c``'s keys of the payloads, put and pinned (so the put rounds' churn never
+    evicts what the get rounds read), after one block came back whole."""
+    keys = [key_of("get", data.size, c, i) for i in range(len(data.blocks))]
+    client.put([(k, key_of("root"), 0, b) for k, b in zip(keys, data.blocks, strict=True)])
+    if client.pin(keys) != len(keys) or bytes(client.get(keys[:1])[0]) != data.blocks[0]:
+        raise RuntimeError(f"kvtier at {url} did not round-trip a block")
+    if shared and not client.counters.mapped_bytes:
+        raise RuntimeError(f"kvtier at {url} offered no shared memory")
+    return keys
+
+
+class PageReader:
+    """One engine's cache hits into its KV pages, as the engine loads them: ``get_mapped``,
+    then ``PageLoader.load`` into pages of one preallocated pool, waited for and checked
+    whole. Over ``unix://`` the blocks are copied out of the service's shared slab (on a
+    GPU by DMA), over TCP out of the reply's bytes."""
+
+    def __init__(self, url: str, data: Payloads, c: int, device: str):
+        import torch
+
+        from clients.cache_client import CacheClient
+        from clients.guard import ClientOptions
+        from engine.runtime.page_loader import PageLoader
+
+        self.client = CacheClient(url, ClientOptions(timeout=30.0, shared_memory=True))
+        self.keys = stored_keys(self.client, url, data, c, shared=url.startswith("unix://"))
+        self.loader = PageLoader(device)
+        self.pool = torch.zeros(len(self.keys), data.size, dtype=torch.uint8, device=device)  # [batch, size]
+        self.pages = self.pool.unbind()
+        self()
+        if not self.holds(data):
+            raise RuntimeError(f"pages loaded from kvtier at {url} do not hold the payloads")
+
+    def __call__(self) -> None:
+        blocks = self.client.get_mapped(self.keys)
+        _check_get(blocks, len(self.keys))
+        load = self.loader.load(self.pages, blocks)
+        load.wait()
+        if not all(load.whole()):
+            raise RuntimeError("a pinned block moved while it was copied into its page")
+
+    def holds(self, data: Payloads) -> bool:
+        """Whether each page holds its payload, byte for byte."""
+        return [bytes(page.cpu().numpy()) for page in self.pages] == data.blocks
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def page_workers(url: str, clients: int, data: Payloads, device: str) -> tuple[list, list]:
+    readers = [PageReader(url, data, c, device) for c in range(clients)]
+    return readers, readers
+
+
+def device_copy_workers(data: Payloads, device: str, source: str) -> tuple[list, list]:
+    """The device's own copy of the batch's bytes into one device tensor, from pinned host
+    memory (``source="host"``) or from device memory, synchronized: the pages' ceiling."""
+    import torch
+
+    src = torch.frombuffer(bytearray(b"".join(data.blocks)), dtype=torch.uint8)  # [batch * size]
+    src = src.pin_memory() if source == "host" else src.to(device)
+    dst = torch.empty_like(src, device=device)
+
+    def copy() -> None:
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize(device)
+
+    return [copy], []
 
 
 def _check_get(payloads: list, n: int) -> None:
@@ -298,6 +378,62 @@ def memcpy_workers(clients: int, data: Payloads) -> tuple[list, list]:
     return workers, []
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What one run's systems share: the service's URLs, Redis's port (None when no Redis
+    system runs), where the pages live, and the run's cleanup stack and temp folder."""
+
+    tcp: str
+    unix: str
+    redis_port: int | None
+    device: str
+    stack: ExitStack
+    folder: str
+
+
+# system -> its (workers, made) for (setup, clients, payloads); memcpy and the device's own
+# copies run one client: they are the ceiling, not a load.
+SYSTEMS: dict[str, Callable[[Setup, int, Payloads], tuple]] = {
+    "kvtier_get": lambda s, n, data: kvtier_workers(s.tcp, n, data, "get"),
+    "unix_get": lambda s, n, data: kvtier_workers(s.unix, n, data, "get"),
+    "kvtier_get_into": lambda s, n, data: kvtier_workers(s.tcp, n, data, "get_into"),
+    "unix_get_into": lambda s, n, data: kvtier_workers(s.unix, n, data, "get_into"),
+    "shm_get": lambda s, n, data: kvtier_workers(s.unix, n, data, "get", True),
+    "shm_get_into": lambda s, n, data: kvtier_workers(s.unix, n, data, "get_into", True),
+    "shm_pages": lambda s, n, data: page_workers(s.unix, n, data, s.device),
+    "socket_pages": lambda s, n, data: page_workers(s.tcp, n, data, s.device),
+    "redis_get": lambda s, n, data: redis_workers(s.redis_port, n, data, "get"),
+    "memcpy": lambda s, n, data: memcpy_workers(1, data),
+    "pinned_h2d": lambda s, n, data: device_copy_workers(data, s.device, "host"),
+    "d2d": lambda s, n, data: device_copy_workers(data, s.device, "device"),
+    "bare_tcp": lambda s, n, data: bare_socket_workers(s.stack, s.folder, n, data, "tcp"),
+    "bare_unix": lambda s, n, data: bare_socket_workers(s.stack, s.folder, n, data, "unix"),
+    "kvtier_put": lambda s, n, data: kvtier_workers(s.tcp, n, data, "put"),
+    "unix_put": lambda s, n, data: kvtier_workers(s.unix, n, data, "put"),
+    "redis_put": lambda s, n, data: redis_workers(s.redis_port, n, data, "put"),
+}
+CUDA_ONLY = ("pinned_h2d", "d2d")
+REDIS = ("redis_get", "redis_put")
+DEFAULT_SYSTEMS = {"cpu": [name for name in SYSTEMS if name not in CUDA_ONLY],
+                   "cuda": ["shm_pages", "socket_pages", "pinned_h2d", "d2d"]}
+
+
+def chosen_systems(device: str, systems: str | None) -> list[str]:
+    """The systems to measure, in ``SYSTEMS`` order; a bad choice raises ``ValueError``."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: PyTorch sees no CUDA device; use --device cpu")
+    names = systems.split(",") if systems else DEFAULT_SYSTEMS[device]
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; choose among {list(SYSTEMS)}")
+    if device == "cpu" and set(names) & set(CUDA_ONLY):
+        raise ValueError(f"{list(CUDA_ONLY)} copy into GPU memory: use them with --device cuda")
+    return [name for name in SYSTEMS if name in names]
+
+
 def run_cell(systems: dict[str, Callable], data: Payloads, rounds: int, seconds: float) -> dict:
     """Every system in turn, ``rounds`` times; the median round of each."""
     samples: dict[str, list[dict]] = {name: [] for name in systems}
@@ -316,41 +452,38 @@ def run_cell(systems: dict[str, Callable], data: Payloads, rounds: int, seconds:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cacheserver.memory import keep_freed_buffers
 
     # Both clients (kvtier's and redis-py) allocate block-sized buffers per reply; this
     # process keeps freed ones for reuse, as kvtier serve does (see cacheserver.memory).
     keep_freed_buffers()
+    names = chosen_systems(args.device, args.systems)
     counts = [int(c) for c in args.clients.split(",")]
     sizes = {name: SIZES[name] for name in args.sizes.split(",")}
     need = max(counts) * args.batch * max(sizes.values())
     results: dict[str, dict] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="kvtier-bench-") as folder:
+        # One thread copies into the pages, as one does for memcpy: torch's intra-op pool,
+        # spinning beside the service on a small host, starved it (loads fell to 0.05 GB/s).
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(1)
         tcp, unix = start_kvtier(stack, folder, dram_gb=max(1.0, 4 * need / (1 << 30)))
-        rport = start_redis(stack, folder)
+        rport = start_redis(stack, folder) if set(names) & set(REDIS) else None
+        setup = Setup(tcp, unix, rport, args.device, stack, folder)
         for size_name, size in sizes.items():
             data = Payloads(args.batch, size)
             for n in counts:
-                systems = {
-                    "kvtier_get": lambda n=n, data=data: kvtier_workers(tcp, n, data, "get"),
-                    "unix_get": lambda n=n, data=data: kvtier_workers(unix, n, data, "get"),
-                    "kvtier_get_into": lambda n=n, data=data: kvtier_workers(tcp, n, data, "get_into"),
-                    "unix_get_into": lambda n=n, data=data: kvtier_workers(unix, n, data, "get_into"),
-                    "shm_get": lambda n=n, data=data: kvtier_workers(unix, n, data, "get", True),
-                    "shm_get_into": lambda n=n, data=data: kvtier_workers(unix, n, data, "get_into", True),
-                    "redis_get": lambda n=n, data=data: redis_workers(rport, n, data, "get"),
-                    "memcpy": lambda data=data: memcpy_workers(1, data),
-                    "bare_tcp": lambda n=n, data=data: bare_socket_workers(stack, folder, n, data, "tcp"),
-                    "bare_unix": lambda n=n, data=data: bare_socket_workers(stack, folder, n, data, "unix"),
-                    "kvtier_put": lambda n=n, data=data: kvtier_workers(tcp, n, data, "put"),
-                    "unix_put": lambda n=n, data=data: kvtier_workers(unix, n, data, "put"),
-                    "redis_put": lambda n=n, data=data: redis_workers(rport, n, data, "put"),
-                }
+                systems = {name: partial(SYSTEMS[name], setup, n, data) for name in names}
                 cell = run_cell(systems, data, args.rounds, args.round_s)
                 results.setdefault(size_name, {})[str(n)] = cell
                 print(f"{size_name} x{args.batch}, {n} client(s): " + _line(cell), flush=True)
-    report = {"batch_blocks": args.batch, "results": results, "verdict": verdict(results),
-              "machine": {"cpus": os.cpu_count(), "redis_parser": _redis_parser()}}
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    report = {"batch_blocks": args.batch, "device": args.device, "systems": names, "results": results,
+              "verdict": verdict(results),
+              "machine": {"cpus": os.cpu_count(), "device": device, "torch": torch.__version__,
+                          "torch_threads": 1, "redis_parser": _redis_parser()}}
     print(render(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -372,47 +505,50 @@ def _redis_parser() -> str:
 
 
 def verdict(results: dict) -> dict:
-    """Each target's measured ratio and whether it was met."""
+    """Each ratio of two systems measured with 1 client, and for a target whether it was met."""
     out = {}
     for size_name, cells in results.items():
         one = cells.get("1")
         if one is None:
             continue
-
-        def ratio(system: str, limit: str, one=one) -> float:
-            return one[f"{system}_gbps"] / max(one[f"{limit}_gbps"], 1e-9)
-
-        get_ratio, unix_ratio = ratio("kvtier_get", "redis_get"), ratio("unix_get", "memcpy")
-        out[size_name] = {
-            "kvtier_get_vs_redis": round(get_ratio, 2),
-            "kvtier_get_vs_redis_met": get_ratio >= TARGETS["get_vs_redis_1_client"],
-            "unix_get_vs_memcpy": round(unix_ratio, 3),
-            "unix_get_vs_memcpy_met": unix_ratio >= TARGETS["unix_get_vs_memcpy"],
-            # Context: how close each path comes to its own limit.
-            "bare_tcp_vs_redis": round(ratio("bare_tcp", "redis_get"), 2),
-            "kvtier_get_vs_bare_tcp": round(ratio("kvtier_get", "bare_tcp"), 2),
-            "unix_get_vs_bare_unix": round(ratio("unix_get", "bare_unix"), 2),
-            "shm_get_vs_redis": round(ratio("shm_get", "redis_get"), 2),
-            "shm_get_into_vs_memcpy": round(ratio("shm_get_into", "memcpy"), 3),
-        }
+        out[size_name] = {}
+        for system, limit in (r.split("/") for r in RATIOS):
+            if f"{system}_gbps" not in one or f"{limit}_gbps" not in one:
+                continue
+            name = f"{system}_vs_{limit.removesuffix('_get')}"
+            ratio = one[f"{system}_gbps"] / max(one[f"{limit}_gbps"], 1e-9)
+            out[size_name][name] = round(ratio, 3)
+            if name in TARGETS:
+                out[size_name][f"{name}_met"] = ratio >= TARGETS[name]
     return out
 
 
+# 1-client ratios, "system/its limit": the targets first, then how close each path comes to its own limit.
+RATIOS = ("kvtier_get/redis_get", "unix_get/memcpy", "bare_tcp/redis_get", "kvtier_get/bare_tcp",
+          "unix_get/bare_unix", "shm_get/redis_get", "shm_get_into/memcpy", "shm_pages/memcpy",
+          "socket_pages/memcpy", "shm_pages/pinned_h2d", "socket_pages/pinned_h2d", "pinned_h2d/d2d")
 _COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "shm_get", "shm_get_into",
-            "redis_get", "memcpy", "bare_tcp", "bare_unix",
+            "shm_pages", "socket_pages", "redis_get", "memcpy", "pinned_h2d", "d2d", "bare_tcp", "bare_unix",
             "kvtier_put", "unix_put", "redis_put")
+_LATENCIES = {"kvtier_get": "get", "shm_pages": "shm_pages"}  # system -> its p50/p99 column
 
 
 def render(report: dict) -> str:
-    """GB/s per system, then kvtier TCP get latency, one row per block size and client count."""
-    head = f"{'size':8} {'clients':>7} " + " ".join(f"{c:>15}" for c in _COLUMNS) + f" {'get p50/p99 ms':>16}"
+    """GB/s per system measured, then the p50/p99 latency of TCP get and of shm_pages, one row
+    per block size and client count."""
+    first = next(iter(next(iter(report["results"].values())).values()))
+    columns = [c for c in _COLUMNS if f"{c}_gbps" in first]
+    latencies = {s: label for s, label in _LATENCIES.items() if f"{s}_gbps" in first}
+    head = (f"{'size':8} {'clients':>7} " + " ".join(f"{c:>15}" for c in columns)
+            + "".join(f" {label + ' p50/p99 ms':>22}" for label in latencies.values()))
     lines = [head, "-" * len(head)]
     for size_name, cells in report["results"].items():
         for n, c in cells.items():
-            gbps = " ".join(f"{c[col + '_gbps']:>15.2f}" for col in _COLUMNS)
-            latency = f"{c['kvtier_get_p50_ms']:>8.1f}/{c['kvtier_get_p99_ms']:<7.1f}"
-            lines.append(f"{size_name:8} {n:>7} {gbps} {latency}")
-    lines.append("GB/s = 1e9 bytes per second; bare_tcp/bare_unix: the same bytes over a bare socket "
-                 "between two processes (the ceiling for any socket protocol); 1-client targets: "
-                 + json.dumps(report["verdict"]))
+            gbps = " ".join(f"{c[col + '_gbps']:>15.2f}" for col in columns)
+            ms = "".join(f" {c[s + '_p50_ms']:>14.1f}/{c[s + '_p99_ms']:<7.1f}" for s in latencies)
+            lines.append(f"{size_name:8} {n:>7} {gbps}{ms}")
+    lines.append(f"GB/s = 1e9 bytes per second; pages on {report['machine']['device']} "
+                 f"(torch {report['machine']['torch']}); bare_tcp/bare_unix: the same bytes over a bare "
+                 "socket between two processes (the ceiling for any socket protocol); 1-client ratios "
+                 "and targets: " + json.dumps(report["verdict"]))
     return "\n".join(lines)
