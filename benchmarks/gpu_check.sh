@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (`make gpu-check`): the tests marked gpu, then the engine
 # benchmark on the Llama-3-8B shape with random weights, with and without decode CUDA
-# graphs. Logs and JSON go to OUT (default benchmarks/results/gpu/). Usage: gpu_check.sh [PYTHON [OUT]]
+# graphs, then TTFT with cache hits on the same shape (no GGUF there, so no SmolLM2).
+# Logs and JSON go to OUT (default benchmarks/results/gpu/). Usage: gpu_check.sh [PYTHON [OUT]]
 set -uo pipefail
 py=${1:-python3}
 out=${2:-benchmarks/results/gpu}
@@ -17,4 +18,6 @@ timeout 330 "$py" -m clients.cli bench engine --device cuda --model-shape llama3
 timeout 150 "$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --no-cuda-graphs --no-hf \
   --prefill-lengths 512 --batches 1,8,32 --max-seconds 60 \
   --json "$out/engine-llama3-8b-eager.json" 2>&1 | tee "$out/engine-llama3-8b-eager.log" || status=1
+timeout 300 "$py" -m clients.cli bench ttft --device cuda --model-shape llama3-8b --repeats 3 \
+  --json "$out/ttft-llama3-8b.json" --plot "$out/ttft-llama3-8b.png" 2>&1 | tee "$out/ttft-llama3-8b.log" || status=1
 exit $status

@@ -1,65 +1,134 @@
-"""Time to first token with and without the cache, SmolLM2 on this machine, in one run.
+"""Time to first token with and without the cache, on a CPU or a GPU, in one run.
 
-Engines run in this process; the cache service is a real ``kvtier serve`` child process.
+Engines run in this process; the cache service is a real ``kvtier serve`` child process
+with a TCP data port and a Unix socket. The model is the SmolLM2 GGUF, or random weights
+of a real shape (``--model-shape llama3-8b``), on ``--device cpu`` or ``cuda``.
 
-- A 2,048-token system prompt and a 64-token question: TTFT **cold** (an engine that has
-  seen nothing); with a **local**-pool hit (the same engine again, another question);
-  with a hit from the service's **DRAM** (a fresh engine, the warm service); with a hit
-  from **flash** (the service restarted: its DRAM empty, its LMDB full).
-- An 8-turn chat, about 200 new tokens a turn (a user message, then the reply the model
-  writes): TTFT of each turn on one engine (the router keeps a conversation on its
-  replica) with the cache (its prefix cache and the service) and without (neither).
-- The **floor** of each hit: the bytes loaded divided by the copy bandwidth measured here
-  (numpy, same bytes) plus the time to prefill the uncached suffix (the local-hit TTFT,
-  where nothing is loaded). ``*_vs_floor`` is how far the measurement is above it.
+- A system prompt (``--system-tokens``, 2,048) and a question (``--question-tokens``, 64):
+  TTFT **cold** (an engine that has seen nothing); with a **local**-pool hit (the same
+  engine, another question); with a hit from the service's DRAM, for a fresh engine on the
+  same host (**dram**, ``unix://``: blocks copied straight out of the service's shared
+  memory) and for one on another host (**dram_tcp**, ``kvtier://``); with a hit from
+  **flash** (the service restarted: its DRAM empty, its LMDB full; ``unix://``).
+- A chat of ``--turns`` turns, about 200 new tokens a turn (a user message, then the reply
+  the model writes): TTFT of each turn on one engine (the router keeps a conversation on
+  its replica) with the cache (its prefix cache and the service) and without (neither).
+- The **floor** of each hit: the bytes it loaded divided by the copy bandwidth measured in
+  this run (CPU: a numpy copy of the same bytes; CUDA: a pinned-host-to-GPU copy of them)
+  plus the time to prefill the uncached suffix (the local-hit TTFT, where nothing is
+  loaded). ``*_vs_floor`` is how far the measurement is above it.
 
 TTFT is from ``add_request`` to the first token out of ``step``, fetching included; each
 figure is the median of ``--repeats`` runs, each with its own fresh engines and questions.
+Every engine first answers a short warm-up prompt (the same for all, so later engines
+fetch it: connections, the shared-memory mapping and its GPU registration are set up
+before anything is timed), and its saves are flushed before each timed request.
+
+Sizes follow the model's KV bytes per token: each engine's pool holds the longest prompt
+twice over, and the service's DRAM every block the run writes, so nothing is evicted
+before a hit reads it. On CUDA at most two engines are alive at once: each builds its own
+fused weight copies (16 GB at the 8B shape), so a finished one is dropped before the next.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-SYSTEM_TOKENS, QUESTION_TOKENS = 2048, 64
-TURNS, TURN_USER_TOKENS, TURN_REPLY_TOKENS = 8, 150, 50
-TARGETS = {"dram_vs_cold": 0.10, "flash_vs_cold": 0.15, "dram_vs_floor": 2.0, "flash_vs_floor": 2.0,
-           "turn8_vs_turn1_cached": 1.5}
+from engine.cli import DTYPE_CHOICES
+
+SYSTEM_TOKENS, QUESTION_TOKENS, TURNS = 2048, 64, 8
+TURN_USER_TOKENS, TURN_REPLY_TOKENS = 150, 50
+WARMUP_TOKENS = 33  # two blocks and a token: every engine's first, untimed request
+HIT_CASES = ("dram", "dram_tcp", "flash")
+CASES = ("cold", "local", *HIT_CASES)
+# The most each ratio may be, per device (the issue's targets).
+TARGETS = {
+    "cpu": {"dram_vs_cold": 0.10, "flash_vs_cold": 0.15, "dram_vs_floor": 2.0, "flash_vs_floor": 2.0,
+            "turn8_vs_turn1_cached": 1.5},
+    "cuda": {"dram_vs_cold": 0.15, "dram_vs_floor": 1.5, "flash_vs_cold": 0.30, "turn8_vs_turn1_cached": 1.3},
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results here")
     p.add_argument("--plot", metavar="FILE.png", help="plot TTFT per turn with and without the cache")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median counts")
-    p.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="auto", help="engine dtype (default auto)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the engines run")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct)")
+    model.add_argument("--model-shape", metavar="NAME",
+                       help="random weights of this shape instead: llama3-8b, llama3.2-1b, qwen2.5-7b, "
+                            "smollm2-135m")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="engine dtype (default auto)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default 2)")
+    p.add_argument("--system-tokens", type=int, default=SYSTEM_TOKENS, metavar="N")
+    p.add_argument("--question-tokens", type=int, default=QUESTION_TOKENS, metavar="N")
+    p.add_argument("--turns", type=int, default=TURNS, metavar="N", help="turns of the chat")
+
+
+def check(args: argparse.Namespace, block_size: int) -> None:
+    if args.system_tokens < block_size:
+        raise ValueError(f"--system-tokens must be at least one block ({block_size}) to be cached")
+    for name in ("question_tokens", "turns", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+# -- sizes ------------------------------------------------------------------------------
+
+
+def num_chats(repeats: int) -> int:
+    return max(1, repeats // 2)
+
+
+def pool_blocks(args: argparse.Namespace, block_size: int) -> int:
+    """Each engine's KV pool: twice the most one engine holds (the system prompt and two
+    questions, or the whole chat) and the warm-up prompt."""
+    most = max(args.system_tokens + 2 * args.question_tokens,
+               (args.turns + 1) * (TURN_USER_TOKENS + TURN_REPLY_TOKENS))
+    return 2 * -(-(most + WARMUP_TOKENS) // block_size) + 8
+
+
+def service_settings(args: argparse.Namespace, page_bytes: int, block_size: int, socket: str) -> dict:
+    """``kvtier serve`` settings whose DRAM holds twice every block the run writes (once
+    written, once promoted back from flash after a restart), and flash as much again."""
+    prompts = 1 + 5 * args.repeats + num_chats(args.repeats) * args.turns
+    tokens = WARMUP_TOKENS + args.repeats * (args.system_tokens + 5 * args.question_tokens) \
+        + num_chats(args.repeats) * (args.turns + 1) * (TURN_USER_TOKENS + TURN_REPLY_TOKENS)
+    from cacheserver.config import ServeConfig
+
+    blocks = -(-tokens // block_size) + prompts  # a partial block per prompt, rounded up
+    page = ServeConfig().page_kb << 10  # a block takes whole pages of the service's DRAM
+    stored = -(-page_bytes // page) * page
+    dram = 2 * blocks * stored + (64 << 20)
+    return {"unix_socket": socket, "dram_gb": round(dram / 2**30, 4), "flash_gb": round(2 * dram / 2**30, 4)}
+
+
+# -- engines ----------------------------------------------------------------------------
 
 
 class Bench:
-    """Engines built from one loaded checkpoint, and the service they share."""
+    """One checkpoint, the service, and the engines made on them: each made, warmed up,
+    measured and dropped by ``session``, so the caller never holds one past its use."""
 
-    def __init__(self, checkpoint, dtype: str, service):
+    def __init__(self, checkpoint, args: argparse.Namespace, service, socket: str, num_blocks: int):
         self.checkpoint = checkpoint
-        self.dtype = dtype
+        self.args = args
         self.service = service
+        self.num_blocks = num_blocks
+        self.urls = {"unix": f"unix://{socket}", "tcp": service.data_url}
         self.vocab = checkpoint.config.vocab_size
-
-    def engine(self, cache: bool = True, service: bool = True):
-        from engine.config import EngineConfig
-        from engine.runtime.connector import CacheConnector, ConnectorConfig
-        from engine.runtime.llm_engine import LLMEngine
-
-        connector = CacheConnector(ConnectorConfig(self.service.data_url, fetch_timeout_s=30)) \
-            if cache and service else None
-        config = EngineConfig(dtype=self.dtype, kv_cache_gb=0.5, enable_prefix_caching=cache)
-        return LLMEngine(config, self.checkpoint, connector)
+        self.warmup = self.tokens(WARMUP_TOKENS, 1)
 
     def tokens(self, n: int, seed: int) -> list[int]:
         import torch
@@ -67,16 +136,66 @@ class Bench:
         g = torch.Generator().manual_seed(seed)
         return torch.randint(100, self.vocab - 100, (n,), generator=g).tolist()
 
+    def session(self, url: str | None, measure: Callable[[Any], Any], cache: bool = True) -> Any:
+        """``measure(engine)`` on a fresh, warmed-up engine (with a connector to ``url``, if
+        any), which is closed and freed before this returns."""
+        from engine.config import EngineConfig
+        from engine.runtime.connector import CacheConnector, ConnectorConfig
+        from engine.runtime.llm_engine import LLMEngine
+
+        # A save queue (and staging ring) as large as the pool.
+        connector = CacheConnector(ConnectorConfig(url, fetch_timeout_s=30, save_queue_blocks=self.num_blocks)
+                                   ) if url else None
+        config = EngineConfig(device=self.args.device, dtype=self.args.dtype, num_blocks=self.num_blocks,
+                              max_num_seqs=4, enable_prefix_caching=cache)
+        engine = LLMEngine(config, self.checkpoint, connector)
+        try:
+            ttft(engine, self.warmup)
+            return measure(engine)
+        finally:
+            if connector is not None:
+                flush(engine)
+                connector.close()
+            del engine
+            gc.collect()  # its pool and fused weights go now, before the next engine is made
+            if self.args.device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+
+def flush(engine) -> None:
+    if not engine.connector.flush(60):
+        raise RuntimeError(f"the cache service took no saves for 60 s: {engine.connector.stats.as_dict()}")
+
 
 def ttft(engine, prompt: list[int]) -> float:
+    """Seconds from ``add_request`` to the first token, after the engine's saves are sent
+    and its device is idle (so nothing earlier is timed)."""
+    import torch
+
     from engine.runtime.sampling_params import SamplingParams
 
+    if engine.connector is not None:
+        flush(engine)
+    if engine.device.startswith("cuda"):
+        torch.cuda.synchronize(engine.device)
     start = time.perf_counter()
     request = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=1))
     while True:
         for out in engine.step():
             if out.request_id == request:
                 return time.perf_counter() - start
+
+
+def hit(engine, prompt: list[int], case: str) -> dict[str, Any]:
+    """TTFT of a prompt whose prefix the service holds; what was loaded, and from where."""
+    stats, counters = engine.connector.stats, engine.connector.client.counters
+    fetched, mapped, tiers = stats.fetched_bytes, counters.mapped_bytes, stats.hits_by_tier.copy()
+    seconds = ttft(engine, prompt)
+    return {case: seconds, f"loaded_bytes_{case}": stats.fetched_bytes - fetched,
+            f"mapped_bytes_{case}": counters.mapped_bytes - mapped,
+            f"tiers_{case}": dict(stats.hits_by_tier - tiers)}
 
 
 def generate(engine, prompt: list[int], n: int) -> list[int]:
@@ -86,49 +205,47 @@ def generate(engine, prompt: list[int], n: int) -> list[int]:
     return out.token_ids
 
 
-def close(engine) -> None:
-    if engine.connector is not None:
-        engine.connector.flush(60)
-        engine.connector.close()
+# -- the cases --------------------------------------------------------------------------
 
 
-def system_prompt_case(b: Bench, seed: int) -> dict[str, float]:
-    """One run of cold / local / DRAM / flash for one system prompt."""
-    system = b.tokens(SYSTEM_TOKENS, seed)
-    q = [b.tokens(QUESTION_TOKENS, seed * 10 + i) for i in range(4)]
-    first = b.engine()
-    cold = ttft(first, system + q[0])
-    local = ttft(first, system + q[1])
-    close(first)  # its blocks are in the service now
-    fresh = b.engine()
-    dram = ttft(fresh, system + q[2])
-    fetched = fresh.connector.stats.fetched_bytes
-    close(fresh)
+def system_prompt_case(b: Bench, seed: int) -> dict[str, Any]:
+    """One run of cold / local / dram / dram_tcp / flash for one system prompt."""
+    system = b.tokens(b.args.system_tokens, seed)
+    q = [system + b.tokens(b.args.question_tokens, seed * 10 + i) for i in range(5)]
+    out: dict[str, Any] = {}
+    out["cold"], out["local"] = b.session(b.urls["unix"], lambda e: (ttft(e, q[0]), ttft(e, q[1])))
+    # Its blocks are in the service's DRAM now.
+    out |= b.session(b.urls["unix"], lambda e: hit(e, q[2], "dram"))
+    out |= b.session(b.urls["tcp"], lambda e: hit(e, q[3], "dram_tcp"))
     b.service.restart()  # SIGTERM copies DRAM to flash; the new process starts with DRAM empty
-    after = b.engine()
-    flash = ttft(after, system + q[3])
-    close(after)
-    return {"cold": cold, "local": local, "dram": dram, "flash": flash, "fetched_bytes": fetched}
+    out |= b.session(b.urls["unix"], lambda e: hit(e, q[4], "flash"))
+    return out
 
 
 def chat_case(b: Bench, seed: int) -> tuple[list[float], list[float]]:
-    """TTFT of each turn of an 8-turn chat on one engine (the router keeps a conversation
-    on its replica), with its prefix cache and the service, and without either; both see
-    the same history, whose replies the cached engine writes (as a replica does)."""
-    history = b.tokens(TURN_USER_TOKENS, seed)
-    cached, uncached = b.engine(cache=True), b.engine(cache=False)
-    times: tuple[list[float], list[float]] = ([], [])
-    for turn in range(TURNS):
-        times[0].append(ttft(cached, history))
-        times[1].append(ttft(uncached, history))
-        reply = generate(cached, history, TURN_REPLY_TOKENS)
-        history = history + reply + b.tokens(TURN_USER_TOKENS, seed * 100 + turn)
-    close(cached)
-    return times
+    """TTFT of each turn of a chat on one engine, with its prefix cache and the service,
+    and on another without either; both see the same history, whose replies the cached
+    engine writes (as a replica does)."""
+
+    def turns(cached, uncached) -> tuple[list[float], list[float]]:
+        history = b.tokens(TURN_USER_TOKENS, seed)
+        times: tuple[list[float], list[float]] = ([], [])
+        for turn in range(b.args.turns):
+            times[0].append(ttft(cached, history))
+            times[1].append(ttft(uncached, history))
+            if turn + 1 < b.args.turns:
+                reply = generate(cached, history, TURN_REPLY_TOKENS)
+                history = history + reply + b.tokens(TURN_USER_TOKENS, seed * 100 + turn)
+        return times
+
+    return b.session(b.urls["unix"], lambda cached: b.session(None, lambda u: turns(cached, u), cache=False))
 
 
-def copy_bandwidth(nbytes: int) -> float:
-    """Bytes per second of a numpy copy of ``nbytes`` (the floor's load rate)."""
+# -- the floor's copy bandwidth ---------------------------------------------------------
+
+
+def numpy_copy(nbytes: int, device: str) -> float:
+    """Bytes per second of a numpy copy of ``nbytes`` in host memory, median of 5."""
     import numpy as np
 
     src = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
@@ -141,32 +258,103 @@ def copy_bandwidth(nbytes: int) -> float:
     return nbytes / statistics.median(times)
 
 
+def pinned_h2d_copy(nbytes: int, device: str) -> float:
+    """Bytes per second of a copy of ``nbytes`` from pinned host memory to the GPU, median of 5."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst.copy_(src, non_blocking=True)  # warm-up
+    times = []
+    for _ in range(5):
+        torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return nbytes / statistics.median(times)
+
+
+# device -> (result field, how the floor's copy is measured there)
+COPIES = {"cpu": ("numpy_copy_gbps", numpy_copy), "cuda": ("pinned_h2d_copy_gbps", pinned_h2d_copy)}
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def load(args: argparse.Namespace):
+    """The checkpoint to run, and its name: a shape's random weights or a GGUF file."""
+    from engine.dtype import resolve_dtype
+    from engine.model.loader import load_checkpoint, resolve_model_path
+    from engine.model.shapes import random_checkpoint
+
+    dtype = resolve_dtype(args.dtype, args.device)
+    if args.model_shape:
+        print(f"random weights of {args.model_shape} ({dtype}) on {args.device} ...",
+              file=sys.stderr, flush=True)
+        return random_checkpoint(args.model_shape, dtype, args.device, seed=0), args.model_shape
+    path = resolve_model_path(args.model)
+    print(f"loading {path.name} ({dtype}) ...", file=sys.stderr, flush=True)
+    return load_checkpoint(str(path), dtype), path.name
+
+
+def header(args: argparse.Namespace, model: str, checkpoint, page_bytes: int, block_size: int) -> dict:
+    import torch
+
+    from engine.dtype import dtype_name, resolve_dtype
+
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+        name = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")),
+                    platform.machine())
+    return {"device": args.device, "device_name": name, "torch": torch.__version__, "model": model,
+            "model_id": checkpoint.model_id, "dtype": dtype_name(resolve_dtype(args.dtype, args.device)),
+            "kv_bytes_per_token": page_bytes // block_size, "block_size": block_size,
+            "settings": {k: getattr(args, k) for k in
+                         ("system_tokens", "question_tokens", "turns", "repeats", "threads")}}
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from cacheserver.process import ServiceProcess
+    from engine.config import EngineConfig
     from engine.dtype import resolve_dtype
-    from engine.model.loader import load_checkpoint, resolve_model_path
+    from engine.model.kv_cache import PageLayout
 
+    block_size = EngineConfig().block_size
+    check(args, block_size)
     torch.set_num_threads(args.threads)
-    dtype = resolve_dtype(args.dtype, "cpu")
-    print(f"loading {resolve_model_path(args.model).name} ({dtype}) ...", file=sys.stderr, flush=True)
-    checkpoint = load_checkpoint(str(resolve_model_path(args.model)), dtype)
+    checkpoint, model = load(args)
+    m = checkpoint.config
+    page_bytes = PageLayout(m.num_layers, block_size, m.num_kv_heads, m.head_dim,
+                            resolve_dtype(args.dtype, args.device)).nbytes
+    result = header(args, model, checkpoint, page_bytes, block_size)
+    num_blocks = pool_blocks(args, block_size)
     with tempfile.TemporaryDirectory(prefix="kvtier-ttft-") as tmp:
-        service = ServiceProcess(Path(tmp), {"dram_gb": 1, "flash_gb": 4}).start()
+        socket = str(Path(tmp) / "data.sock")
+        settings = service_settings(args, page_bytes, block_size, socket)
+        result |= {"engine_num_blocks": num_blocks,
+                   "service": {k: settings[k] for k in ("dram_gb", "flash_gb")}}
+        service = ServiceProcess(Path(tmp), settings).start()
         try:
-            b = Bench(checkpoint, args.dtype, service)
+            b = Bench(checkpoint, args, service, socket, num_blocks)
             runs = []
             for r in range(args.repeats):
                 print(f"system-prompt run {r + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
                 runs.append(system_prompt_case(b, seed=1000 + r))
-            print("8-turn chat, with and without the cache ...", file=sys.stderr, flush=True)
-            chats = [chat_case(b, 7 + r) for r in range(max(1, args.repeats // 2))]
-            cached, uncached = [c for c, _ in chats], [u for _, u in chats]
+            print(f"{args.turns}-turn chat, with and without the cache ...", file=sys.stderr, flush=True)
+            chats = [chat_case(b, 7 + r) for r in range(num_chats(args.repeats))]
         finally:
             service.stop()
-    result = summarize(runs, cached, uncached)
-    print_table(result)
+    field, copy = COPIES[args.device]
+    nbytes = int(statistics.median(r["loaded_bytes_dram"] for r in runs))
+    if nbytes == 0:
+        raise RuntimeError(f"the DRAM hit loaded nothing, so there is no floor: {runs}")
+    result |= summarize(runs, chats, field, copy(nbytes, args.device), TARGETS[args.device])
+    print_table(result, field)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
@@ -176,48 +364,51 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(runs: list[dict], cached: list[list[float]], uncached: list[list[float]]) -> dict:
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    bandwidth = copy_bandwidth(int(med["fetched_bytes"]))
-    load = med["fetched_bytes"] / bandwidth
-    out = {
-        "ttft_cold_s": med["cold"], "ttft_local_s": med["local"], "ttft_dram_s": med["dram"],
-        "ttft_flash_s": med["flash"], "loaded_bytes": int(med["fetched_bytes"]),
-        "copy_bandwidth_gbps": bandwidth / 1e9,
-        "floor_dram_s": load + med["local"], "floor_flash_s": load + med["local"],
-        "turn_ttft_cached_s": [statistics.median(t) for t in zip(*cached, strict=True)],
-        "turn_ttft_uncached_s": [statistics.median(t) for t in zip(*uncached, strict=True)],
-        "system_tokens": SYSTEM_TOKENS, "question_tokens": QUESTION_TOKENS,
-    }
-    turns = out["turn_ttft_cached_s"]
-    ratios = {
-        "local_vs_cold": out["ttft_local_s"] / out["ttft_cold_s"],
-        "dram_vs_cold": out["ttft_dram_s"] / out["ttft_cold_s"],
-        "flash_vs_cold": out["ttft_flash_s"] / out["ttft_cold_s"],
-        "dram_vs_floor": out["ttft_dram_s"] / out["floor_dram_s"],
-        "flash_vs_floor": out["ttft_flash_s"] / out["floor_flash_s"],
-        "turn8_vs_turn1_cached": turns[-1] / turns[0],
-        "turn8_vs_turn1_uncached": out["turn_ttft_uncached_s"][-1] / out["turn_ttft_uncached_s"][0],
-    }
+def summarize(runs: list[dict], chats: list[tuple[list[float], list[float]]], copy_field: str,
+              bandwidth: float, targets: dict[str, float]) -> dict:
+    """Medians over the runs, the floors from ``bandwidth`` (bytes/s), the ratios, and
+    which of ``targets`` (ratio -> most) they meet."""
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if not k.startswith("tiers_")}
+    out: dict[str, Any] = {f"ttft_{c}_s": med[c] for c in CASES}
+    for c in HIT_CASES:
+        out[f"loaded_bytes_{c}"] = int(med[f"loaded_bytes_{c}"])
+        out[f"mapped_bytes_{c}"] = int(med[f"mapped_bytes_{c}"])
+        out[f"floor_{c}_s"] = out[f"loaded_bytes_{c}"] / bandwidth + med["local"]
+    out[copy_field] = bandwidth / 1e9
+    out["turn_ttft_cached_s"] = [statistics.median(t) for t in zip(*(c for c, _ in chats), strict=True)]
+    out["turn_ttft_uncached_s"] = [statistics.median(t) for t in zip(*(u for _, u in chats), strict=True)]
+    ratios = {f"{c}_vs_cold": out[f"ttft_{c}_s"] / out["ttft_cold_s"] for c in CASES[1:]}
+    ratios |= {f"{c}_vs_floor": out[f"ttft_{c}_s"] / out[f"floor_{c}_s"] for c in HIT_CASES}
+    n = len(out["turn_ttft_cached_s"])
+    for kind in ("cached", "uncached"):
+        turns = out[f"turn_ttft_{kind}_s"]
+        ratios[f"turn{n}_vs_turn1_{kind}"] = turns[-1] / turns[0]
     out["ratios"] = ratios
-    out["targets_met"] = {k: ratios[k] <= v for k, v in TARGETS.items()}
+    out["targets"] = targets
+    out["targets_met"] = {k: ratios[k] <= v for k, v in targets.items() if k in ratios}
+    out["runs"] = runs
     return out
 
 
-def print_table(r: dict) -> None:
-    print(f"TTFT, {r['system_tokens']}-token system prompt + {r['question_tokens']}-token question:")
-    for case in ("cold", "local", "dram", "flash"):
+def print_table(r: dict, copy_field: str) -> None:
+    s = r["settings"]
+    print(f"{r['model']} ({r['dtype']}) on {r['device']} ({r['device_name']}), torch {r['torch']}")
+    print(f"TTFT, {s['system_tokens']}-token system prompt + {s['question_tokens']}-token question:")
+    for case in CASES:
         extra = ""
-        if case in ("dram", "flash"):
-            extra = f"   floor {r[f'floor_{case}_s']:.3f} s ({r['ratios'][f'{case}_vs_floor']:.2f}x floor)"
+        if case in HIT_CASES:
+            extra = (f"   floor {r[f'floor_{case}_s']:.3f} s ({r['ratios'][f'{case}_vs_floor']:.2f}x floor); "
+                     f"{r[f'loaded_bytes_{case}'] / 1e6:.1f} MB loaded, "
+                     f"{r[f'mapped_bytes_{case}'] / 1e6:.1f} MB of it from shared memory")
         ratio = "" if case == "cold" else f"  ({r['ratios'][f'{case}_vs_cold'] * 100:.1f}% of cold)"
-        print(f"  {case:<6} {r[f'ttft_{case}_s']:.3f} s{ratio}{extra}")
-    print(f"  loaded {r['loaded_bytes'] / 1e6:.1f} MB; copy bandwidth {r['copy_bandwidth_gbps']:.1f} GB/s")
-    print("8-turn chat, TTFT per turn (s):")
+        print(f"  {case:<8} {r[f'ttft_{case}_s']:.3f} s{ratio}{extra}")
+    print(f"  floor copy bandwidth ({copy_field}) {r[copy_field]:.1f} GB/s")
+    print(f"{s['turns']}-turn chat, TTFT per turn (s):")
     print("  turn      " + " ".join(f"{i + 1:>6}" for i in range(len(r["turn_ttft_cached_s"]))))
     print("  cached    " + " ".join(f"{t:6.3f}" for t in r["turn_ttft_cached_s"]))
     print("  uncached  " + " ".join(f"{t:6.3f}" for t in r["turn_ttft_uncached_s"]))
-    print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets_met"].items()))
+    print(f"targets ({r['device']}) met: "
+          + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets_met"].items()))
 
 
 def plot(r: dict, path: str) -> None:
@@ -232,7 +423,8 @@ def plot(r: dict, path: str) -> None:
     ax.plot(turns, r["turn_ttft_cached_s"], "o-", label="with the cache")
     ax.set_xlabel("turn")
     ax.set_ylabel("time to first token (s)")
-    ax.set_title(f"8-turn chat, ~{TURN_USER_TOKENS + TURN_REPLY_TOKENS} new tokens a turn (SmolLM2)")
+    ax.set_title(f"{len(turns)}-turn chat, ~{TURN_USER_TOKENS + TURN_REPLY_TOKENS} new tokens a turn "
+                 f"({r['model']}, {r['device']})")
     ax.set_ylim(bottom=0)
     ax.legend()
     fig.tight_layout()
