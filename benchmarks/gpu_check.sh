@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (`make gpu-check`): the tests marked gpu, then the engine
 # benchmark on the Llama-3-8B shape with random weights, with and without decode CUDA
-# graphs, then TTFT with cache hits on the same shape (no GGUF there, so no SmolLM2).
+# graphs, then TTFT with cache hits on the same shape (no GGUF there, so no SmolLM2), then the
+# data plane from the service into GPU pages beside plain pinned and GPU-to-GPU copies.
 # Logs and JSON go to OUT (default benchmarks/results/gpu/). Usage: gpu_check.sh [PYTHON [OUT]]
 set -uo pipefail
 py=${1:-python3}
@@ -10,7 +11,8 @@ mkdir -p "$out"
 status=0
 "$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee "$out/device.txt" || status=1
 "$py" -m pytest -m gpu -v -p no:cacheprovider --timeout 120 \
-  tests/engine/test_gpu.py tests/engine/test_penalties.py tests/tiers/test_slab.py 2>&1 \
+  tests/engine/test_gpu.py tests/engine/test_penalties.py tests/engine/test_page_loader.py \
+  tests/tiers/test_slab.py tests/cacheserver/test_shared_memory.py tests/benchmarks/test_dataplane_pages.py 2>&1 \
   | tee "$out/pytest.log" || status=1
 timeout 330 "$py" -m clients.cli bench engine --device cuda --model-shape llama3-8b --max-seconds 200 \
   --json "$out/engine-llama3-8b.json" 2>&1 | tee "$out/engine-llama3-8b.log" || status=1
@@ -20,4 +22,6 @@ timeout 150 "$py" -m clients.cli bench engine --device cuda --model-shape llama3
   --json "$out/engine-llama3-8b-eager.json" 2>&1 | tee "$out/engine-llama3-8b-eager.log" || status=1
 timeout 300 "$py" -m clients.cli bench ttft --device cuda --model-shape llama3-8b --repeats 3 \
   --json "$out/ttft-llama3-8b.json" --plot "$out/ttft-llama3-8b.png" 2>&1 | tee "$out/ttft-llama3-8b.log" || status=1
+timeout 240 "$py" -m clients.cli bench dataplane --device cuda --json "$out/dataplane-cuda.json" 2>&1 \
+  | tee "$out/dataplane-cuda.log" || status=1
 exit $status
