@@ -24,8 +24,11 @@ service's registered slab), each load waited for and checked whole; ``shm_pages`
 Unix socket with shared memory (a same-host engine), ``socket_pages`` over TCP (an engine
 on another host). Their ceiling is memcpy on the CPU, and on a GPU ``pinned_h2d`` (the
 same bytes from pinned host memory into device memory) beside ``d2d`` (device to device).
-``--device cuda`` runs only those four by default: Redis and the socket-only paths say
-nothing about GPU pages (and the GPU machine has no redis-server).
+``ipc_pages`` (CUDA only) is the same load from a second service whose DRAM holds one
+block, so what it is sent lies in its HBM tier: the engine opens that slab by CUDA IPC and
+copies GPU to GPU; its ceiling is ``d2d``. ``--device cuda`` runs only those five by
+default: Redis and the socket-only paths say nothing about GPU pages (and the GPU machine
+has no redis-server).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from cacheserver.process import free_port
 
 KIB = 1024
 SIZES = {"360KiB": 360 * KIB, "2MiB": 2048 * KIB}
-TARGETS = {"kvtier_get_vs_redis": 2.0, "unix_get_vs_memcpy": 0.30, "shm_pages_vs_pinned_h2d": 0.80}
+TARGETS = {"kvtier_get_vs_redis": 2.0, "unix_get_vs_memcpy": 0.30, "shm_pages_vs_pinned_h2d": 0.80,
+           "ipc_pages_vs_d2d": 0.50}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,11 +98,11 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
     raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
 
 
-def start_kvtier(stack: ExitStack, folder: str, dram_gb: float) -> tuple[str, str]:
+def start_kvtier(stack: ExitStack, folder: str, dram_gb: float, hbm_gb: float = 0) -> tuple[str, str]:
     data_port, sock = free_port(), os.path.join(folder, "kvtier.sock")
     cmd = [sys.executable, "-m", "clients.cli", "--log-level", "WARNING", "serve", "--port", str(free_port()),
            "--data-port", str(data_port), "--unix-socket", sock, "--dram-gb", str(dram_gb),
-           "--flash-gb", "0"]
+           "--hbm-gb", str(hbm_gb), "--flash-gb", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     stack.callback(_stop, proc)
     from clients.cache_client import CacheClient
@@ -234,29 +238,37 @@ class PageReader:
     whole. Over ``unix://`` the blocks are copied out of the service's shared slab (on a
     GPU by DMA), over TCP out of the reply's bytes."""
 
-    def __init__(self, url: str, data: Payloads, c: int, device: str):
+    def __init__(self, url: str, data: Payloads, c: int, device: str, ipc: bool = False):
         import torch
 
         from clients.cache_client import CacheClient
         from clients.guard import ClientOptions
         from engine.runtime.page_loader import PageLoader
 
-        self.client = CacheClient(url, ClientOptions(timeout=30.0, shared_memory=True))
+        self.client = CacheClient(url, ClientOptions(timeout=30.0, shared_memory=True,
+                                                     device=device if ipc else None))
         self.keys = stored_keys(self.client, url, data, c, shared=url.startswith("unix://"))
         self.loader = PageLoader(device)
         self.pool = torch.zeros(len(self.keys), data.size, dtype=torch.uint8, device=device)  # [batch, size]
         self.pages = self.pool.unbind()
+        self.on_gpu = 0  # blocks of the last load that came out of the service's GPU slab
         self()
         if not self.holds(data):
             raise RuntimeError(f"pages loaded from kvtier at {url} do not hold the payloads")
+        if ipc and self.on_gpu < len(self.keys) // 2:
+            raise RuntimeError(f"only {self.on_gpu} of {len(self.keys)} blocks came by CUDA IPC "
+                               f"from kvtier at {url}")
 
     def __call__(self) -> None:
+        from clients.shared import Mapped
+
         blocks = self.client.get_mapped(self.keys)
         _check_get(blocks, len(self.keys))
         load = self.loader.load(self.pages, blocks)
         load.wait()
         if not all(load.whole()):
             raise RuntimeError("a pinned block moved while it was copied into its page")
+        self.on_gpu = sum(isinstance(b, Mapped) and b.slab.on_gpu for b in blocks)
 
     def holds(self, data: Payloads) -> bool:
         """Whether each page holds its payload, byte for byte."""
@@ -266,8 +278,8 @@ class PageReader:
         self.client.close()
 
 
-def page_workers(url: str, clients: int, data: Payloads, device: str) -> tuple[list, list]:
-    readers = [PageReader(url, data, c, device) for c in range(clients)]
+def page_workers(url: str, clients: int, data: Payloads, device: str, ipc: bool = False) -> tuple[list, list]:
+    readers = [PageReader(url, data, c, device, ipc) for c in range(clients)]
     return readers, readers
 
 
@@ -385,6 +397,7 @@ class Setup:
 
     tcp: str
     unix: str
+    hbm_unix: str | None  # the service whose blocks lie in HBM (ipc_pages only)
     redis_port: int | None
     device: str
     stack: ExitStack
@@ -402,6 +415,7 @@ SYSTEMS: dict[str, Callable[[Setup, int, Payloads], tuple]] = {
     "shm_get_into": lambda s, n, data: kvtier_workers(s.unix, n, data, "get_into", True),
     "shm_pages": lambda s, n, data: page_workers(s.unix, n, data, s.device),
     "socket_pages": lambda s, n, data: page_workers(s.tcp, n, data, s.device),
+    "ipc_pages": lambda s, n, data: page_workers(s.hbm_unix, n, data, s.device, ipc=True),
     "redis_get": lambda s, n, data: redis_workers(s.redis_port, n, data, "get"),
     "memcpy": lambda s, n, data: memcpy_workers(1, data),
     "pinned_h2d": lambda s, n, data: device_copy_workers(data, s.device, "host"),
@@ -412,10 +426,10 @@ SYSTEMS: dict[str, Callable[[Setup, int, Payloads], tuple]] = {
     "unix_put": lambda s, n, data: kvtier_workers(s.unix, n, data, "put"),
     "redis_put": lambda s, n, data: redis_workers(s.redis_port, n, data, "put"),
 }
-CUDA_ONLY = ("pinned_h2d", "d2d")
+CUDA_ONLY = ("ipc_pages", "pinned_h2d", "d2d")
 REDIS = ("redis_get", "redis_put")
 DEFAULT_SYSTEMS = {"cpu": [name for name in SYSTEMS if name not in CUDA_ONLY],
-                   "cuda": ["shm_pages", "socket_pages", "pinned_h2d", "d2d"]}
+                   "cuda": ["shm_pages", "socket_pages", "ipc_pages", "pinned_h2d", "d2d"]}
 
 
 def chosen_systems(device: str, systems: str | None) -> list[str]:
@@ -471,7 +485,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(1)
         tcp, unix = start_kvtier(stack, folder, dram_gb=max(1.0, 4 * need / (1 << 30)))
         rport = start_redis(stack, folder) if set(names) & set(REDIS) else None
-        setup = Setup(tcp, unix, rport, args.device, stack, folder)
+        hbm_unix = None
+        if "ipc_pages" in names:  # DRAM for one block: what is put moves on into HBM
+            os.mkdir(hbm_folder := os.path.join(folder, "hbm"))
+            one = (max(sizes.values()) + (64 << 10)) / (1 << 30)
+            hbm_unix = start_kvtier(stack, hbm_folder, dram_gb=one, hbm_gb=max(1.0, 4 * need / (1 << 30)))[1]
+        setup = Setup(tcp, unix, hbm_unix, rport, args.device, stack, folder)
         for size_name, size in sizes.items():
             data = Payloads(args.batch, size)
             for n in counts:
@@ -526,9 +545,11 @@ def verdict(results: dict) -> dict:
 # 1-client ratios, "system/its limit": the targets first, then how close each path comes to its own limit.
 RATIOS = ("kvtier_get/redis_get", "unix_get/memcpy", "bare_tcp/redis_get", "kvtier_get/bare_tcp",
           "unix_get/bare_unix", "shm_get/redis_get", "shm_get_into/memcpy", "shm_pages/memcpy",
-          "socket_pages/memcpy", "shm_pages/pinned_h2d", "socket_pages/pinned_h2d", "pinned_h2d/d2d")
+          "socket_pages/memcpy", "shm_pages/pinned_h2d", "socket_pages/pinned_h2d", "ipc_pages/d2d",
+          "pinned_h2d/d2d")
 _COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "shm_get", "shm_get_into",
-            "shm_pages", "socket_pages", "redis_get", "memcpy", "pinned_h2d", "d2d", "bare_tcp", "bare_unix",
+            "shm_pages", "socket_pages", "ipc_pages", "redis_get", "memcpy", "pinned_h2d", "d2d", "bare_tcp",
+            "bare_unix",
             "kvtier_put", "unix_put", "redis_put")
 _LATENCIES = {"kvtier_get": "get", "shm_pages": "shm_pages"}  # system -> its p50/p99 column
 

@@ -9,14 +9,16 @@ of a real shape (``--model-shape llama3-8b``), on ``--device cpu`` or ``cuda``.
   engine, another question); with a hit from the service's DRAM, for a fresh engine on the
   same host (**dram**, ``unix://``: blocks copied straight out of the service's shared
   memory) and for one on another host (**dram_tcp**, ``kvtier://``); with a hit from
-  **flash** (the service restarted: its DRAM empty, its LMDB full; ``unix://``).
+  **flash** (the service restarted: its DRAM empty, its LMDB full; ``unix://``). On CUDA
+  also from the service's **hbm** tier, opened by CUDA IPC (a second service whose DRAM
+  holds 4 blocks, so what an engine saves there lands in HBM, the last few blocks aside).
 - A chat of ``--turns`` turns, about 200 new tokens a turn (a user message, then the reply
   the model writes): TTFT of each turn on one engine (the router keeps a conversation on
   its replica) with the cache (its prefix cache and the service) and without (neither).
 - The **floor** of each hit: the bytes it loaded divided by the copy bandwidth measured in
-  this run (CPU: a numpy copy of the same bytes; CUDA: a pinned-host-to-GPU copy of them)
-  plus the time to prefill the uncached suffix (the local-hit TTFT, where nothing is
-  loaded). ``*_vs_floor`` is how far the measurement is above it.
+  this run (CPU: a numpy copy of the same bytes; CUDA: a pinned-host-to-GPU copy of them,
+  and a GPU-to-GPU copy for the hbm hit) plus the time to prefill the uncached suffix (the
+  local-hit TTFT, where nothing is loaded). ``*_vs_floor`` is how far the measurement is above it.
 
 TTFT is from ``add_request`` to the first token out of ``step``, fetching included; each
 figure is the median of ``--repeats`` runs, each with its own fresh engines and questions.
@@ -33,6 +35,7 @@ fused weight copies (16 GB at the 8B shape), so a finished one is dropped before
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -49,13 +52,14 @@ from engine.cli import DTYPE_CHOICES
 SYSTEM_TOKENS, QUESTION_TOKENS, TURNS = 2048, 64, 8
 TURN_USER_TOKENS, TURN_REPLY_TOKENS = 150, 50
 WARMUP_TOKENS = 33  # two blocks and a token: every engine's first, untimed request
-HIT_CASES = ("dram", "dram_tcp", "flash")
+HIT_CASES = ("dram", "dram_tcp", "flash", "hbm")  # hbm on CUDA only
 CASES = ("cold", "local", *HIT_CASES)
 # The most each ratio may be, per device (the issue's targets).
 TARGETS = {
     "cpu": {"dram_vs_cold": 0.10, "flash_vs_cold": 0.15, "dram_vs_floor": 2.0, "flash_vs_floor": 2.0,
             "turn8_vs_turn1_cached": 1.5},
-    "cuda": {"dram_vs_cold": 0.15, "dram_vs_floor": 1.5, "flash_vs_cold": 0.30, "turn8_vs_turn1_cached": 1.3},
+    "cuda": {"dram_vs_cold": 0.15, "dram_vs_floor": 1.5, "flash_vs_cold": 0.30, "hbm_vs_cold": 0.08,
+             "turn8_vs_turn1_cached": 1.3},
 }
 
 
@@ -111,7 +115,8 @@ def service_settings(args: argparse.Namespace, page_bytes: int, block_size: int,
     page = ServeConfig().page_kb << 10  # a block takes whole pages of the service's DRAM
     stored = -(-page_bytes // page) * page
     dram = 2 * blocks * stored + (64 << 20)
-    return {"unix_socket": socket, "dram_gb": round(dram / 2**30, 4), "flash_gb": round(2 * dram / 2**30, 4)}
+    return {"unix_socket": socket, "dram_gb": round(dram / 2**30, 4), "flash_gb": round(2 * dram / 2**30, 4),
+            "hbm_service_dram_gb": round(4 * stored / 2**30, 6)}
 
 
 # -- engines ----------------------------------------------------------------------------
@@ -121,12 +126,15 @@ class Bench:
     """One checkpoint, the service, and the engines made on them: each made, warmed up,
     measured and dropped by ``session``, so the caller never holds one past its use."""
 
-    def __init__(self, checkpoint, args: argparse.Namespace, service, socket: str, num_blocks: int):
+    def __init__(self, checkpoint, args: argparse.Namespace, service, socket: str, num_blocks: int, *,
+                 hbm_socket: str | None = None):
         self.checkpoint = checkpoint
         self.args = args
         self.service = service
         self.num_blocks = num_blocks
         self.urls = {"unix": f"unix://{socket}", "tcp": service.data_url}
+        if hbm_socket:
+            self.urls["hbm"] = f"unix://{hbm_socket}"
         self.vocab = checkpoint.config.vocab_size
         self.warmup = self.tokens(WARMUP_TOKENS, 1)
 
@@ -144,8 +152,9 @@ class Bench:
         from engine.runtime.llm_engine import LLMEngine
 
         # A save queue (and staging ring) as large as the pool.
-        connector = CacheConnector(ConnectorConfig(url, fetch_timeout_s=30, save_queue_blocks=self.num_blocks)
-                                   ) if url else None
+        cuda = self.args.device if self.args.device.startswith("cuda") else None
+        connector = CacheConnector(ConnectorConfig(url, fetch_timeout_s=30, save_queue_blocks=self.num_blocks,
+                                                   device=cuda)) if url else None
         config = EngineConfig(device=self.args.device, dtype=self.args.dtype, num_blocks=self.num_blocks,
                               max_num_seqs=4, enable_prefix_caching=cache)
         engine = LLMEngine(config, self.checkpoint, connector)
@@ -209,9 +218,9 @@ def generate(engine, prompt: list[int], n: int) -> list[int]:
 
 
 def system_prompt_case(b: Bench, seed: int) -> dict[str, Any]:
-    """One run of cold / local / dram / dram_tcp / flash for one system prompt."""
+    """One run of cold / local / dram / dram_tcp / flash (/ hbm) for one system prompt."""
     system = b.tokens(b.args.system_tokens, seed)
-    q = [system + b.tokens(b.args.question_tokens, seed * 10 + i) for i in range(5)]
+    q = [system + b.tokens(b.args.question_tokens, seed * 10 + i) for i in range(7)]
     out: dict[str, Any] = {}
     out["cold"], out["local"] = b.session(b.urls["unix"], lambda e: (ttft(e, q[0]), ttft(e, q[1])))
     # Its blocks are in the service's DRAM now.
@@ -219,6 +228,9 @@ def system_prompt_case(b: Bench, seed: int) -> dict[str, Any]:
     out |= b.session(b.urls["tcp"], lambda e: hit(e, q[3], "dram_tcp"))
     b.service.restart()  # SIGTERM copies DRAM to flash; the new process starts with DRAM empty
     out |= b.session(b.urls["unix"], lambda e: hit(e, q[4], "flash"))
+    if "hbm" in b.urls:  # an engine fills the HBM service, a fresh one hits it
+        b.session(b.urls["hbm"], lambda e: ttft(e, q[5]))
+        out |= b.session(b.urls["hbm"], lambda e: hit(e, q[6], "hbm"))
     return out
 
 
@@ -275,8 +287,26 @@ def pinned_h2d_copy(nbytes: int, device: str) -> float:
     return nbytes / statistics.median(times)
 
 
+def d2d_copy(nbytes: int, device: str) -> float:
+    """Bytes per second of a copy of ``nbytes`` from GPU memory to GPU memory, median of 5."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    times = []
+    for _ in range(5):
+        torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return nbytes / statistics.median(times)
+
+
 # device -> (result field, how the floor's copy is measured there)
 COPIES = {"cpu": ("numpy_copy_gbps", numpy_copy), "cuda": ("pinned_h2d_copy_gbps", pinned_h2d_copy)}
+HBM_COPY = ("d2d_copy_gbps", d2d_copy)  # the hbm hit's floor: GPU to GPU
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -319,7 +349,6 @@ def header(args: argparse.Namespace, model: str, checkpoint, page_bytes: int, bl
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cacheserver.process import ServiceProcess
     from engine.config import EngineConfig
     from engine.dtype import resolve_dtype
     from engine.model.kv_cache import PageLayout
@@ -336,24 +365,28 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kvtier-ttft-") as tmp:
         socket = str(Path(tmp) / "data.sock")
         settings = service_settings(args, page_bytes, block_size, socket)
-        result |= {"engine_num_blocks": num_blocks,
-                   "service": {k: settings[k] for k in ("dram_gb", "flash_gb")}}
-        service = ServiceProcess(Path(tmp), settings).start()
-        try:
-            b = Bench(checkpoint, args, service, socket, num_blocks)
+        with services(Path(tmp), settings, args.device) as (service, hbm_settings):
+            result |= {"engine_num_blocks": num_blocks,
+                       "service": {k: settings[k] for k in ("dram_gb", "flash_gb")}}
+            hbm_socket = None
+            if hbm_settings:
+                result["hbm_service"] = {k: hbm_settings[k] for k in ("dram_gb", "hbm_gb")}
+                hbm_socket = hbm_settings["unix_socket"]
+            b = Bench(checkpoint, args, service, socket, num_blocks, hbm_socket=hbm_socket)
             runs = []
             for r in range(args.repeats):
                 print(f"system-prompt run {r + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
                 runs.append(system_prompt_case(b, seed=1000 + r))
             print(f"{args.turns}-turn chat, with and without the cache ...", file=sys.stderr, flush=True)
             chats = [chat_case(b, 7 + r) for r in range(num_chats(args.repeats))]
-        finally:
-            service.stop()
     field, copy = COPIES[args.device]
     nbytes = int(statistics.median(r["loaded_bytes_dram"] for r in runs))
     if nbytes == 0:
         raise RuntimeError(f"the DRAM hit loaded nothing, so there is no floor: {runs}")
-    result |= summarize(runs, chats, field, copy(nbytes, args.device), TARGETS[args.device])
+    copies = {field: copy(nbytes, args.device)}
+    if hbm_socket:
+        copies[HBM_COPY[0]] = HBM_COPY[1](nbytes, args.device)
+    result |= summarize(runs, chats, copies, TARGETS[args.device])
     print_table(result, field)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -364,21 +397,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(runs: list[dict], chats: list[tuple[list[float], list[float]]], copy_field: str,
-              bandwidth: float, targets: dict[str, float]) -> dict:
-    """Medians over the runs, the floors from ``bandwidth`` (bytes/s), the ratios, and
-    which of ``targets`` (ratio -> most) they meet."""
+@contextlib.contextmanager
+def services(tmp: Path, settings: dict, device: str):
+    """The service (``settings``), and on CUDA the HBM case's: its DRAM a few blocks
+    (``hbm_service_dram_gb``), its HBM as large as the other's DRAM, no flash. Yields the
+    first and the second's settings (``None`` off CUDA); both stop on exit."""
+    from cacheserver.process import ServiceProcess
+
+    hbm_dram = settings.pop("hbm_service_dram_gb")
+    with contextlib.ExitStack() as stack:
+        service = ServiceProcess(tmp, settings).start()
+        stack.callback(service.stop)
+        hbm_settings = None
+        if device == "cuda":
+            (tmp / "hbm").mkdir()
+            hbm_settings = {"unix_socket": str(tmp / "hbm" / "data.sock"), "dram_gb": hbm_dram,
+                            "hbm_gb": settings["dram_gb"], "flash_gb": 0}
+            stack.callback(ServiceProcess(tmp / "hbm", hbm_settings).start().stop)
+        yield service, hbm_settings
+
+
+def summarize(runs: list[dict], chats: list[tuple[list[float], list[float]]], copies: dict[str, float],
+              targets: dict[str, float]) -> dict:
+    """Medians over the runs, the floors from the copy rates (bytes/s: the first for every
+    hit, ``HBM_COPY``'s for the hbm one), the ratios, and which of ``targets`` (ratio ->
+    most) they meet."""
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if not k.startswith("tiers_")}
-    out: dict[str, Any] = {f"ttft_{c}_s": med[c] for c in CASES}
-    for c in HIT_CASES:
+    cases, hits = ran(runs[0])
+    out: dict[str, Any] = {f"ttft_{c}_s": med[c] for c in cases}
+    for c in hits:
+        bandwidth = copies[HBM_COPY[0]] if c == "hbm" else next(iter(copies.values()))
         out[f"loaded_bytes_{c}"] = int(med[f"loaded_bytes_{c}"])
         out[f"mapped_bytes_{c}"] = int(med[f"mapped_bytes_{c}"])
         out[f"floor_{c}_s"] = out[f"loaded_bytes_{c}"] / bandwidth + med["local"]
-    out[copy_field] = bandwidth / 1e9
+    out |= {name: rate / 1e9 for name, rate in copies.items()}
     out["turn_ttft_cached_s"] = [statistics.median(t) for t in zip(*(c for c, _ in chats), strict=True)]
     out["turn_ttft_uncached_s"] = [statistics.median(t) for t in zip(*(u for _, u in chats), strict=True)]
-    ratios = {f"{c}_vs_cold": out[f"ttft_{c}_s"] / out["ttft_cold_s"] for c in CASES[1:]}
-    ratios |= {f"{c}_vs_floor": out[f"ttft_{c}_s"] / out[f"floor_{c}_s"] for c in HIT_CASES}
+    ratios = {f"{c}_vs_cold": out[f"ttft_{c}_s"] / out["ttft_cold_s"] for c in cases[1:]}
+    ratios |= {f"{c}_vs_floor": out[f"ttft_{c}_s"] / out[f"floor_{c}_s"] for c in hits}
     n = len(out["turn_ttft_cached_s"])
     for kind in ("cached", "uncached"):
         turns = out[f"turn_ttft_{kind}_s"]
@@ -390,19 +446,28 @@ def summarize(runs: list[dict], chats: list[tuple[list[float], list[float]]], co
     return out
 
 
+def ran(run: dict) -> tuple[list[str], list[str]]:
+    """The cases a run has (hbm on CUDA only), and which of them are hits."""
+    cases = [c for c in CASES if c in run or f"ttft_{c}_s" in run]
+    return cases, [c for c in cases if c in HIT_CASES]
+
+
 def print_table(r: dict, copy_field: str) -> None:
     s = r["settings"]
     print(f"{r['model']} ({r['dtype']}) on {r['device']} ({r['device_name']}), torch {r['torch']}")
     print(f"TTFT, {s['system_tokens']}-token system prompt + {s['question_tokens']}-token question:")
-    for case in CASES:
+    cases, hits = ran(r)
+    for case in cases:
         extra = ""
-        if case in HIT_CASES:
+        if case in hits:
             extra = (f"   floor {r[f'floor_{case}_s']:.3f} s ({r['ratios'][f'{case}_vs_floor']:.2f}x floor); "
                      f"{r[f'loaded_bytes_{case}'] / 1e6:.1f} MB loaded, "
                      f"{r[f'mapped_bytes_{case}'] / 1e6:.1f} MB of it from shared memory")
         ratio = "" if case == "cold" else f"  ({r['ratios'][f'{case}_vs_cold'] * 100:.1f}% of cold)"
         print(f"  {case:<8} {r[f'ttft_{case}_s']:.3f} s{ratio}{extra}")
     print(f"  floor copy bandwidth ({copy_field}) {r[copy_field]:.1f} GB/s")
+    if HBM_COPY[0] in r:
+        print(f"  hbm floor copy bandwidth ({HBM_COPY[0]}) {r[HBM_COPY[0]]:.1f} GB/s")
     print(f"{s['turns']}-turn chat, TTFT per turn (s):")
     print("  turn      " + " ".join(f"{i + 1:>6}" for i in range(len(r["turn_ttft_cached_s"]))))
     print("  cached    " + " ".join(f"{t:6.3f}" for t in r["turn_ttft_cached_s"]))

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unix-socket", help="also serve the data plane on this Unix socket (owner only)")
     p.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="let clients on the Unix socket map the DRAM tier read-only and copy blocks "
-                   "straight out of it (default on; x86-64 Linux)")
+                   "straight out of it, and engines on the HBM tier's GPU open it by CUDA IPC "
+                   "(default on; x86-64 Linux)")
     p.add_argument("--dram-gb", type=float, help="DRAM tier size in GiB (default 4)")
     p.add_argument("--hbm-gb", type=float, help="GPU HBM tier size in GiB (CUDA only; default 0)")
     p.add_argument("--flash-dir", help="LMDB folder of the flash tier (default ./.kvtier/flash)")

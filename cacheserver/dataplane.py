@@ -71,7 +71,9 @@ class DataPlane:
         self.faults = faults or Faults()
         self.counters = DataPlaneCounters()
         self.arenas = ArenaPool()
-        self.shared_tier = store.shared_tier
+        shared = store.shared_tiers
+        self.shared_tier = shared.get("dram")  # what MAP offers (host memory)
+        self.device_tier = shared.get("hbm")  # what MAP_DEVICE offers (CUDA IPC)
         self.locating_tier = store.locating_tier
         self._handlers = {
             p.Op.PING: self._ping,
@@ -83,6 +85,7 @@ class DataPlane:
             p.Op.UNPIN: self._unpin,
             p.Op.MAP: self._map,
             p.Op.GET_MAPPED: self._get_mapped,
+            p.Op.MAP_DEVICE: self._map_device,
         }
 
     def check(self, header: p.Header) -> Reply | None:
@@ -111,7 +114,7 @@ class DataPlane:
             self.counters.injected_delays += 1  # counted first: a test may look while it waits
             self.faults.before_request()
         try:
-            if op == p.Op.MAP and not local:
+            if op in (p.Op.MAP, p.Op.MAP_DEVICE) and not local:
                 raise ValueError("shared memory is offered on the Unix socket only")
             reply = self._handlers[op](header.count, body)
         except p.FrameError as e:
@@ -160,8 +163,8 @@ class DataPlane:
         demotion) until the reply is out; the trailer then says which of them stayed whole
         (only a delete can overwrite one meanwhile). Blocks in other tiers are copied once,
         into a pooled arena, and sent from there."""
-        results, done = self._fetch(p.split_keys(body, count), locate=self.locating_tier is not None,
-                                    hold=True)
+        sender = () if self.locating_tier is None else (self.locating_tier.name,)
+        results, done = self._fetch(p.split_keys(body, count), locate=sender, hold=True)
         located = [r for r in results if isinstance(r, Location)]
         self.counters.sent_from_dram += sum(r.size for r in located)
 
@@ -178,11 +181,14 @@ class DataPlane:
         return Reply(p.Status.OK, count, p.get_buffers(payloads), sent=done, trailer=whole, trailer_len=count)
 
     def _get_mapped(self, count: int, body: memoryview) -> Reply:
-        """GET for a client that mapped the shared slab: blocks there come back as their
+        """GET for a client that mapped shared slabs: blocks in those come back as their
         location and generation (the client copies them itself); the others as payloads."""
-        if self.shared_tier is None:
-            raise ValueError("this service shares no memory; use GET")
-        results, sent = self._fetch(p.split_keys(body, count), locate=True, hold=False)
+        keys, slabs = p.split_get_mapped(body, count)
+        offered = [name for name in slabs if self._offered(name) is not None]
+        if offered != slabs:
+            raise ValueError(f"this service shares no {' or '.join(set(slabs) - set(offered))} slab; "
+                             "map what MAP and MAP_DEVICE offer, or use GET")
+        results, sent = self._fetch(keys, locate=slabs, hold=False)
         self.counters.mapped_bytes += sum(r.size for r in results if isinstance(r, Location))
         return Reply(p.Status.OK, count, p.get_mapped_buffers(results), sent=sent)
 
@@ -208,12 +214,24 @@ class DataPlane:
 
         return results, done
 
+    def _offered(self, slab: str):
+        return self.shared_tier if slab == "dram" else self.device_tier
+
     def _map(self, count: int, body: memoryview) -> Reply:
-        if self.shared_tier is None:
-            raise ValueError("this service shares no memory (it needs --unix-socket and x86-64, "
-                             "and is off with --no-shared-memory); use GET")
-        fds, layout = self.shared_tier.share()
-        return Reply(p.Status.OK, len(fds), [p.map_body(**layout)], fds=tuple(fds))
+        return self._share("dram", p.map_body, "memory (it needs --unix-socket and x86-64, and is off "
+                           "with --no-shared-memory); use GET")
+
+    def _map_device(self, count: int, body: memoryview) -> Reply:
+        return self._share("hbm", p.device_map_body, "GPU memory (it needs --hbm-gb, CUDA, CuPy and "
+                           "--unix-socket, and is off with --no-shared-memory)")
+
+    def _share(self, slab: str, reply_body: Callable[..., bytes], missing: str) -> Reply:
+        """MAP or MAP_DEVICE: the slab's descriptors, passed with the reply, and its layout."""
+        tier = self._offered(slab)
+        if tier is None:
+            raise ValueError(f"this service shares no {missing}")
+        fds, layout = tier.share()
+        return Reply(p.Status.OK, len(fds), [reply_body(**layout)], fds=tuple(fds))
 
     def _put(self, count: int, body: memoryview) -> Reply:
         entries = p.split_put(body, count)

@@ -14,6 +14,7 @@ clients, and touches no socket.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -22,7 +23,8 @@ import numpy as np
 from tiers.base import Location
 
 MAGIC = b"KV"
-VERSION = 2  # 2: GET replies end with a byte per key saying whether its payload is whole
+VERSION = 3  # 2: GET replies end with a byte per key saying whether its payload is whole;
+# 3: MAP_DEVICE, and GET_MAPPED names the slabs a client mapped and the slab of each location
 HEADER = struct.Struct("<2sBBIIQ")
 HEADER_SIZE = HEADER.size  # 20
 KEY_SIZE = 16
@@ -30,7 +32,9 @@ PUT_ENTRY = struct.Struct("<16s16sIQ")  # key | parent | depth | payload size
 PIN_PREFIX = struct.Struct("<dB")  # ttl seconds (0: none) | tier name length
 MISSING = -1  # a GET reply's size for a key the store lacks
 MAP_REPLY = struct.Struct("<QQQ")  # slab bytes | page size | pages (generations: 8 B each)
-MAPPED_ENTRY = np.dtype([("size", "<i8"), ("segments", "<i8"), ("generation", "<u8")])
+DEVICE_MAP_REPLY = struct.Struct("<QQQ64s")  # MAP_REPLY | CUDA IPC handle; then the GPU's UUID
+MAPPED_ENTRY = np.dtype([("size", "<i8"), ("segments", "<i4"), ("slab", "<u4"), ("generation", "<u8")])
+SLABS = ("dram", "hbm")  # the slabs a client may map (MAP, MAP_DEVICE), by their number on the wire
 SEGMENT = np.dtype([("offset", "<u8"), ("length", "<u8")])
 INLINE = -1  # a GET_MAPPED entry's segment count for a payload that follows in the reply body
 
@@ -44,7 +48,8 @@ class Op(IntEnum):
     PIN = 5
     UNPIN = 6
     MAP = 7  # Unix socket only: the reply carries read-only descriptors of the shared slab
-    GET_MAPPED = 8  # like GET, but blocks in the shared slab come back as where they lie
+    GET_MAPPED = 8  # like GET, but blocks in the slabs the client mapped come back as where they lie
+    MAP_DEVICE = 9  # Unix socket only: the HBM slab's CUDA IPC handle and generations' descriptor
 
 
 class Status(IntEnum):
@@ -96,6 +101,21 @@ def split_keys(body: memoryview, count: int) -> list[bytes]:
         raise FrameError(f"{count} keys need {count * KEY_SIZE} B of body, got {len(body)}")
     raw = bytes(body)
     return [raw[i : i + KEY_SIZE] for i in range(0, len(raw), KEY_SIZE)]
+
+
+def get_mapped_body(keys: list[bytes], slabs: Iterable[str]) -> bytes:
+    """A GET_MAPPED request: a byte whose bit ``i`` says the client mapped ``SLABS[i]``,
+    then the keys. Blocks in other slabs come back inline."""
+    return bytes([sum(1 << SLABS.index(name) for name in set(slabs))]) + keys_body(keys)
+
+
+def split_get_mapped(body: memoryview, count: int) -> tuple[list[bytes], list[str]]:
+    if len(body) < 1:
+        raise FrameError("get_mapped body lacks its slab byte")
+    mask = body[0]
+    if mask >> len(SLABS):
+        raise FrameError(f"get_mapped names slabs {mask:#x}; there are {len(SLABS)}")
+    return split_keys(body[1:], count), [name for i, name in enumerate(SLABS) if mask >> i & 1]
 
 
 def put_buffers(entries: list[tuple[bytes, bytes, int, object]]) -> list:
@@ -222,10 +242,26 @@ def map_body(slab_bytes: int, page_size: int, num_pages: int) -> bytes:
 def parse_map(body) -> tuple[int, int, int]:
     if len(body) != MAP_REPLY.size:
         raise FrameError(f"map reply is {len(body)} B, expected {MAP_REPLY.size}")
-    slab_bytes, page_size, num_pages = MAP_REPLY.unpack(body)
+    return _layout(*MAP_REPLY.unpack(body))
+
+
+def _layout(slab_bytes: int, page_size: int, num_pages: int) -> tuple[int, int, int]:
     if page_size < 1 or slab_bytes != page_size * num_pages:
         raise FrameError(f"map reply is inconsistent: {slab_bytes} B != {num_pages} pages of {page_size} B")
     return slab_bytes, page_size, num_pages
+
+
+def device_map_body(slab_bytes: int, page_size: int, num_pages: int, handle: bytes,
+                    device_uuid: str) -> bytes:
+    return DEVICE_MAP_REPLY.pack(slab_bytes, page_size, num_pages, handle) + device_uuid.encode()
+
+
+def parse_device_map(body) -> tuple[tuple[int, int, int], bytes, str]:
+    """A MAP_DEVICE reply: the slab's layout, its IPC handle and its GPU's UUID."""
+    if len(body) <= DEVICE_MAP_REPLY.size:
+        raise FrameError(f"map_device reply is {len(body)} B, expected more than {DEVICE_MAP_REPLY.size}")
+    *layout, handle = DEVICE_MAP_REPLY.unpack_from(body)
+    return _layout(*layout), handle, bytes(body[DEVICE_MAP_REPLY.size :]).decode(errors="replace")
 
 
 def get_mapped_buffers(results: list) -> list:
@@ -240,6 +276,7 @@ def get_mapped_buffers(results: list) -> list:
             row["size"] = MISSING
         elif isinstance(r, Location):
             row["size"], row["segments"], row["generation"] = r.size, len(r.segments), r.generation
+            row["slab"] = SLABS.index(r.tier)
             segments += r.segments
         else:
             row["size"], row["segments"] = len(r), INLINE
@@ -247,22 +284,24 @@ def get_mapped_buffers(results: list) -> list:
     return [table.tobytes(), np.array(segments, dtype=SEGMENT).tobytes(), *inline]
 
 
-def parse_get_mapped(body: memoryview, count: int, slab_bytes: int) -> list[Location | memoryview | None]:
-    """A GET_MAPPED reply: per key a ``Location`` in the slab, an inline payload (a view
-    into ``body``) or ``None``. Every segment is checked against the slab's size, and a
-    location's segments against its size."""
+def parse_get_mapped(body: memoryview, count: int,
+                     slab_bytes: dict[str, int]) -> list[Location | memoryview | None]:
+    """A GET_MAPPED reply: per key a ``Location`` in one of the slabs the client mapped
+    (``slab_bytes``: their sizes, by name), an inline payload (a view into ``body``) or
+    ``None``. Every segment is checked against its slab's size, and a location's segments
+    against its size."""
     table_len = count * MAPPED_ENTRY.itemsize
     if len(body) < table_len:
         raise FrameError(f"get_mapped reply of {len(body)} B cannot hold {count} entries")
     table = np.frombuffer(body, dtype=MAPPED_ENTRY, count=count).tolist()
-    nseg = sum(n for size, n, _ in table if size >= 0 and n > 0)
+    nseg = sum(n for size, n, _, _ in table if size >= 0 and n > 0)
     offset = table_len + nseg * SEGMENT.itemsize
-    if offset > len(body) or any(n == 0 or n < INLINE for size, n, _ in table if size >= 0):
+    if offset > len(body) or any(n == 0 or n < INLINE for size, n, _, _ in table if size >= 0):
         raise FrameError(f"get_mapped reply of {len(body)} B cannot hold its {nseg} segments, or counts none")
     segments = np.frombuffer(body, dtype=SEGMENT, count=nseg, offset=table_len).tolist()
     out: list[Location | memoryview | None] = []
     taken = 0
-    for size, n, generation in table:
+    for size, n, slab, generation in table:
         if size == MISSING:
             out.append(None)
         elif size < 0:
@@ -273,12 +312,15 @@ def parse_get_mapped(body: memoryview, count: int, slab_bytes: int) -> list[Loca
             out.append(body[offset : offset + size])
             offset += size
         else:
+            name = SLABS[slab] if slab < len(SLABS) else f"slab {slab}"
+            if name not in slab_bytes:
+                raise FrameError(f"get_mapped reply locates a block in {name}, which this client did not map")
             mine = tuple(segments[taken : taken + n])
             taken += n
-            if sum(n for _, n in mine) != size or any(start + n > slab_bytes for start, n in mine):
+            if sum(n for _, n in mine) != size or any(start + n > slab_bytes[name] for start, n in mine):
                 raise FrameError(f"get_mapped reply locates {size} B in segments {mine} that do not add up "
-                                 f"or leave the {slab_bytes} B slab")
-            out.append(Location(mine, size, generation))
+                                 f"or leave the {slab_bytes[name]} B {name} slab")
+            out.append(Location(mine, size, generation, name))
     if offset != len(body):
         raise FrameError(f"get_mapped reply has {len(body) - offset} B past its last payload")
     return out

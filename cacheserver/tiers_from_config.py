@@ -30,21 +30,26 @@ class Built:
 
 
 def build_store(config: ServeConfig) -> Built:
-    from tiers import sharedmem
+    from tiers import cuda_ipc, sharedmem
     from tiers.slab import dram_tier, hbm_tier
 
     page = config.page_kb << 10
     tiers: list[Tier] = []
-    # DRAM above HBM. An engine reads a DRAM hit out of shared memory (on a GPU, by DMA
-    # from the mapping) or over the socket, and an HBM hit only over the socket, after a
-    # GPU-to-host copy: slower either way. So new and promoted blocks go to DRAM, HBM holds
-    # what DRAM evicts (above flash), and DRAM holds just what it would without an HBM tier:
-    # an HBM tier never makes a hit slower. (Engines reading HBM by CUDA IPC would change this.)
+    # DRAM above HBM. An engine elsewhere reads a DRAM hit over the socket from host memory
+    # and an HBM hit after a GPU-to-host copy: slower. An engine on this host reads a DRAM
+    # hit out of shared memory (on a GPU, by DMA) and an HBM hit GPU to GPU by CUDA IPC when
+    # it runs on the same GPU: faster. So new and promoted blocks go to DRAM, HBM holds what
+    # DRAM evicts (above flash), and DRAM holds just what it would without an HBM tier: an
+    # HBM tier never makes a hit slower than it would be without one.
+    shared = config.shared_memory and bool(config.unix_socket) and sharedmem.supported()
     if config.dram_gb:
-        shared = config.shared_memory and bool(config.unix_socket) and sharedmem.supported()
         tiers.append(dram_tier(config.bytes_of(config.dram_gb), page, shared=shared))
     if config.hbm_gb:
-        tiers.append(hbm_tier(config.bytes_of(config.hbm_gb), page))
+        ipc = shared and cuda_ipc.available()
+        if shared and not ipc:
+            log.warning("kvtier serve: CuPy is missing, so engines on this GPU get HBM hits over the "
+                        "socket, not by CUDA IPC (pip install 'kvtier[gpu]')")
+        tiers.append(hbm_tier(config.bytes_of(config.hbm_gb), page, shared=ipc))
     problem = ""
     if config.flash_gb:
         flash, problem = open_flash(config)

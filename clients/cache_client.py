@@ -10,11 +10,13 @@ Payloads come back as memoryviews (one receive buffer per reply, no copy per blo
 On a ``unix://`` URL the client maps the service's DRAM tier read-only when the service
 offers it (``clients.shared``), and GETs copy blocks straight out of it; a service that
 does not offer it is asked over the socket as usual (``ClientOptions.shared_memory=False``
-never asks).
+never asks). With ``ClientOptions.device`` (an engine's GPU) it also opens the service's
+HBM tier when it lies on that GPU, and ``get_mapped`` hands out blocks there too.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import time
@@ -27,8 +29,10 @@ from clients.connection import Connection
 from clients.guard import ClientOptions, Guard
 from clients.shared import STALE, Mapped, SharedSlab, identity
 from clients.url import parse_url
+from tiers import cuda_ipc
 
 Entry = tuple[bytes, bytes, int, Any]  # key, parent, depth, payload
+log = logging.getLogger(__name__)
 
 
 class CacheClient:
@@ -37,7 +41,8 @@ class CacheClient:
         self.options = options or ClientOptions()
         self.guard = Guard(self.options)
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
-        self._slab: SharedSlab | None = None  # the service's shared slab, once mapped
+        self._slabs: dict[str, SharedSlab | None] = {}  # the service's shared slabs mapped so far, by name
+        self._ipc_failed = False  # CUDA refused to open the HBM slab: not tried again
 
     @property
     def counters(self):
@@ -53,7 +58,7 @@ class CacheClient:
         def action(conn: Connection):
             if conn.shared is None:
                 return conn.exchange(calls.get_plan(keys, self.options.max_batch), self.options.timeout)
-            got = conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, conn.shared),
+            got = conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, [conn.shared]),
                                 self.options.timeout)
             stale = [i for i, g in enumerate(got) if g is STALE]
             if stale:  # moved while copied (evicted, demoted): ask again over the socket
@@ -66,14 +71,15 @@ class CacheClient:
         return self._call([None] * len(keys), action)
 
     def get_mapped(self, keys: Sequence[bytes]) -> list[Mapped | memoryview | None]:
-        """Like ``get``, but a block in the service's shared slab comes back as ``Mapped``
-        (where it lies, not copied), for a caller that copies it itself, for instance by
-        DMA into GPU pages, and then asks ``Mapped.slab.check`` whether its copy is whole.
-        Without a shared slab (TCP, or none offered) this is ``get``."""
+        """Like ``get``, but a block in a shared slab this client mapped comes back as
+        ``Mapped`` (where it lies, not copied), for a caller that copies it itself, for
+        instance by DMA into GPU pages, and then asks ``Mapped.slab.check`` whether its copy
+        is whole. Without a shared slab (TCP, or none offered) this is ``get``."""
         def action(conn: Connection):
-            if conn.shared is None:
+            slabs = [s for s in (conn.shared, conn.device_slab) if s is not None]
+            if not slabs:
                 return conn.exchange(calls.get_plan(keys, self.options.max_batch), self.options.timeout)
-            return conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, conn.shared, copy=False),
+            return conn.exchange(calls.get_mapped_plan(keys, self.options.max_batch, slabs, copy=False),
                                  self.options.timeout)
 
         return self._call([None] * len(keys), action)
@@ -93,7 +99,7 @@ class CacheClient:
         def action(conn: Connection):
             if conn.shared is None:
                 return by_socket(conn, range(len(keys)))
-            plan = calls.get_mapped_plan(keys, self.options.max_batch, conn.shared, outs)
+            plan = calls.get_mapped_plan(keys, self.options.max_batch, [conn.shared], outs)
             got = conn.exchange(plan, self.options.timeout)
             sizes = [None if g is None or g is STALE else g.nbytes for g in got]
             stale = [i for i, g in enumerate(got) if g is STALE]
@@ -182,22 +188,51 @@ class CacheClient:
         return conn
 
     def _map_shared(self, conn: Connection) -> None:
-        """Map the service's slab for a new connection; one mapping per service serves
-        every connection. A service that shares none is asked over the socket instead."""
+        """Map the service's slabs for a new connection; one mapping per service serves
+        every connection. What a service does not share is asked for over the socket."""
+        conn.shared = self._map(conn, p.Op.MAP)
+        if self.options.device is not None and not self._ipc_failed:
+            conn.device_slab = self._map(conn, p.Op.MAP_DEVICE)
+
+    def _map(self, conn: Connection, op: p.Op) -> SharedSlab | None:
         try:
-            fds, layout = conn.map_shared(self.options.connect_timeout)
+            fds, body = conn.map_shared(self.options.connect_timeout, op)
         except calls.ServerError:
-            return
+            return None
         except BaseException:
             conn.close()
             raise
         try:
-            if self._slab is None or self._slab.identity != identity(fds):
-                self._slab = SharedSlab(fds, layout, self.counters)
-            conn.shared = self._slab
+            name = "hbm" if op == p.Op.MAP_DEVICE else "dram"
+            slab = self._slabs.get(name)
+            if slab is None or slab.identity != identity(fds):
+                slab = self._slabs[name] = self._open(name, fds, body)
+            return slab
+        except BaseException:
+            conn.close()
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _open(self, name: str, fds: list[int], body: memoryview) -> SharedSlab | None:
+        """The slab a MAP or MAP_DEVICE reply describes, mapped; ``None`` for an HBM slab on
+        another GPU, or one CUDA would not open (its blocks then come over the socket)."""
+        if name == "dram":
+            return SharedSlab(fds, p.parse_map(body), self.counters)
+        import torch
+
+        layout, handle, uuid = p.parse_device_map(body)
+        device = torch.device(self.options.device)
+        if not cuda_ipc.available() or cuda_ipc.device_uuid(device) != uuid:
+            return None
+        try:
+            return SharedSlab(fds, layout, self.counters, name=name, handle=handle, device=device)
+        except Exception as e:  # say, no peer access: as if the slab were on another GPU
+            self._ipc_failed = True
+            log.warning("kvtier client: cannot open the cache service's HBM slab by CUDA IPC (%s); "
+                        "its blocks come over the socket", e)
+            return None
 
     def _give_back(self, conn: Connection) -> None:
         if self._idle.qsize() < self.options.pool_size:

@@ -86,22 +86,24 @@ def get_plan(keys: Sequence[bytes], max_batch: int) -> Plan:
                 lambda parts: [x for part in parts for x in part], [None] * len(keys))
 
 
-def get_mapped_plan(keys: Sequence[bytes], max_batch: int, slab: SharedSlab,
+def get_mapped_plan(keys: Sequence[bytes], max_batch: int, slabs: Sequence[SharedSlab],
                     dests: Sequence[memoryview] | None = None, copy: bool = True) -> Plan:
-    """GET through the shared slab: blocks there are copied out of it (into ``dests``
-    when given: one buffer per key, one request), or with ``copy=False`` handed back as
-    ``Mapped`` for the caller to copy; the rest arrive inline."""
+    """GET through shared slabs: blocks in ``slabs`` are copied out of them (host slabs
+    only; into ``dests`` when given: one buffer per key, one request), or with
+    ``copy=False`` handed back as ``Mapped`` for the caller to copy; the rest arrive inline."""
     chunks = _chunks(keys, max_batch)
     if dests is not None and len(chunks) != 1:
         raise ValueError(f"copying into buffers takes at most {max_batch} keys")
+    by_name = {slab.name: slab for slab in slabs}
+    sizes = {name: slab.slab_bytes for name, slab in by_name.items()}
 
     def parse(n: int, body: memoryview) -> list:
-        located = p.parse_get_mapped(body, n, slab.slab_bytes)
+        located = p.parse_get_mapped(body, n, sizes)
         if copy:
-            return slab.copy_out(located, dests)
-        return [Mapped(slab, r) if isinstance(r, Location) else r for r in located]
+            return by_name["dram"].copy_out(located, dests)
+        return [Mapped(by_name[r.tier], r) if isinstance(r, Location) else r for r in located]
 
-    requests = [Request(p.Op.GET_MAPPED, len(c), [p.keys_body(list(c))]) for c in chunks]
+    requests = [Request(p.Op.GET_MAPPED, len(c), [p.get_mapped_body(list(c), by_name)]) for c in chunks]
     return Plan(requests, parse, lambda parts: [x for part in parts for x in part], [None] * len(keys))
 
 

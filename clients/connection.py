@@ -39,7 +39,8 @@ class Connection:
         self._header = bytearray(p.HEADER_SIZE)
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.shared: SharedSlab | None = None  # the service's slab, when this connection mapped it
+        self.shared: SharedSlab | None = None  # the service's DRAM slab, when this connection mapped it
+        self.device_slab: SharedSlab | None = None  # its HBM slab, opened on this process's GPU
 
     def close(self) -> None:
         self.sock.close()
@@ -76,13 +77,15 @@ class Connection:
         self.bytes_received += p.HEADER_SIZE + header.body_len
         return [n if ok == 1 else None for n, ok in zip(out, whole, strict=True)]
 
-    def map_shared(self, timeout: float) -> tuple[list[int], tuple[int, int, int]]:
-        """Ask for the service's shared slab (Unix socket): the received descriptors (the
-        caller closes them) and the slab's layout. ``ServerError`` when it shares none."""
+    def map_shared(self, timeout: float, op: p.Op = p.Op.MAP) -> tuple[list[int], memoryview]:
+        """Ask for one of the service's shared slabs (Unix socket; ``MAP`` or
+        ``MAP_DEVICE``): the received descriptors (the caller closes them) and the reply's
+        body, for ``p.parse_map`` or ``p.parse_device_map``. ``ServerError`` when it
+        shares none."""
         deadline = time.monotonic() + timeout
         request_id = self._take_ids(1)
         self.sock.settimeout(timeout)
-        self.bytes_sent += send_buffers(self.sock, Request(p.Op.MAP, 0, []).frame(request_id))
+        self.bytes_sent += send_buffers(self.sock, Request(op, 0, []).frame(request_id))
         # The descriptors travel with the first bytes of the reply.
         first, fds, _, _ = socket.recv_fds(self.sock, p.HEADER_SIZE, 4)
         try:
@@ -91,7 +94,7 @@ class Connection:
             header, body = self._read_reply(deadline, first)
             check_order(header, request_id)
             check_reply(header, body)
-            return fds, p.parse_map(body)
+            return fds, body
         except BaseException:
             for fd in fds:
                 os.close(fd)

@@ -31,6 +31,7 @@ class ClientOptions:
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
     shared_memory: bool = True  # on a unix:// URL, copy blocks out of the service's shared DRAM tier
+    device: str | None = None  # an engine's GPU: open the service's HBM tier there if it is that GPU
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.connect_timeout <= 0:

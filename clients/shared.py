@@ -1,10 +1,15 @@
-"""The same-host fast path: a read-only mapping of the service's DRAM slab.
+"""The same-host fast path: a read-only mapping of the service's DRAM slab, and for an
+engine on the service's GPU, its HBM slab opened by CUDA IPC.
 
 A client on the service's Unix socket asks for the slab once per connection (``MAP``; the
 reply carries two read-only descriptors: the slab and its page generations) and then GETs
 with ``GET_MAPPED``: the service answers where each block lies and the client copies it
 out of the mapping itself, one memcpy per block and no socket transfer. Blocks outside the
-slab (flash, HBM) still arrive inline in the reply.
+slabs the client mapped (flash; HBM for a client elsewhere) still arrive inline.
+
+An engine on a GPU also asks for the HBM slab (``MAP_DEVICE``: the slab's CUDA IPC handle,
+its GPU's UUID and a descriptor of its generations) and, when that GPU is its own, opens
+it (``tiers.cuda_ipc``): an HBM hit is then a copy from GPU memory to GPU memory.
 
 Every copy is checked afterwards (``tiers.sharedmem`` explains the seqlock): a block the
 service evicted while it was being copied comes back as ``STALE``, never as mixed bytes,
@@ -20,12 +25,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clients.counters import ClientCounters
+from tiers import cuda_ipc
 from tiers.base import Location
 from tiers.sharedmem import fence, map_read_only, unchanged
+
+if TYPE_CHECKING:
+    import torch
 
 STALE = "stale"  # copy_out's answer for a block the service moved while it was copied
 
@@ -50,20 +60,31 @@ class Mapped:
 
 
 class SharedSlab:
-    def __init__(self, fds: list[int], layout: tuple[int, int, int], counters: ClientCounters):
-        if len(fds) != 2:
-            raise ValueError(f"a shared slab comes as 2 descriptors, got {len(fds)}")
+    """A service's shared slab as this process sees it: ``data`` (a read-only host mapping,
+    or a GPU tensor opened by CUDA IPC when ``handle`` is given) and its page generations.
+    ``name`` is the slab's name in the protocol (``dram``, ``hbm``)."""
+
+    def __init__(self, fds: list[int], layout: tuple[int, int, int], counters: ClientCounters, *,
+                 name: str = "dram", handle: bytes = b"", device: torch.device | None = None):
+        want = 1 if handle else 2
+        if len(fds) != want:
+            raise ValueError(f"a shared {name} slab comes as {want} descriptors, got {len(fds)}")
         slab_bytes, page_size, num_pages = layout
+        self.name = name
+        self.on_gpu = bool(handle)
         self.identity = identity(fds)
         self.slab_bytes = slab_bytes
         self.page_size = page_size
-        self.data = map_read_only(fds[0], slab_bytes)
-        self.generations = map_read_only(fds[1], 8 * num_pages).view(np.uint64)
+        self.generations = map_read_only(fds[-1], 8 * num_pages).view(np.uint64)
+        if handle:
+            self.data = cuda_ipc.open_handle(handle, slab_bytes, device)
+        else:
+            self.data = map_read_only(fds[0], slab_bytes)
         self.counters = counters
 
     def copy_out(self, results: Sequence[Location | memoryview | None],
                  dests: Sequence[memoryview] | None = None) -> list[memoryview | str | None]:
-        """Each block's bytes: located ones copied out of the slab, inline ones as they are
+        """Each block's bytes: located ones copied out of this host slab, inline ones as they are
         (both into ``dests[i]`` when given, else located ones into one new buffer); ``None``
         for misses, ``STALE`` for copies the service overwrote meanwhile."""
         if dests is None:

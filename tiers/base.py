@@ -73,12 +73,13 @@ def make_block(key: bytes, parent: bytes, depth: int, payload: bytes | memoryvie
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a block lies in a host slab (see ``tiers.sharedmem``): its bytes are these
-    segments, in order (one for nearly every block)."""
+    """Where a block lies in a slab (see ``tiers.sharedmem``): its bytes are these
+    segments, in order (one for nearly every block), of the tier named ``tier``."""
 
     segments: tuple[tuple[int, int], ...]  # (bytes from the start of the slab, length)
     size: int
     generation: int  # of the block's first page when located; a copy is whole if it is unchanged
+    tier: str = "dram"
 
     @property
     def offset(self) -> int:
@@ -133,12 +134,13 @@ class Tier(ABC):
         """``read_into`` for a batch (tiers override it to share one transaction)."""
         return [self.read_into(k, d) for k, d in zip(keys, dests, strict=True)]
 
-    locates: bool = False  # answers ``locate_many`` (a host slab)
+    locates: bool = False  # answers ``locate_many`` (a host slab, or a shared GPU slab)
     shared: bool = False  # other processes on this host may map its memory (``tiers.sharedmem``)
+    on_gpu: bool = False  # its memory is a GPU's (a located block there cannot be sent from)
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
-        """Where each block lies in the tier's host memory (to send from, or for a
-        same-host client to copy out of when it is shared); ``None`` for blocks it lacks
+        """Where each block lies in the tier's memory (to send from, or for a same-host
+        client to copy out of when it is shared); ``None`` for blocks it lacks
         (every block, for tiers without ``locates``)."""
         return [None] * len(keys)
 

@@ -14,11 +14,12 @@ block let one service hold blocks of several models (360 KiB for SmolLM2, 2 MiB 
 Llama-3-8B) without a slot size to tune. Host slabs are page-locked (pinned) when CUDA
 exists, so copies to and from a GPU run at full DMA speed.
 
-A host slab can be *shared* (``shared=True``): its bytes and a generation counter per page
-live in memfd-backed memory (``tiers.sharedmem``) that same-host clients map read-only.
-``locate_many`` tells where a block lies and its generation; a page's generation is bumped
-before the page is freed for reuse, so a reader that copies a block and then finds the
-same generation knows its copy is whole.
+A slab can be *shared* (``shared=True``): a generation counter per page lives in
+memfd-backed memory (``tiers.sharedmem``) that same-host clients map read-only, and so do
+the bytes of a host slab; a GPU slab's bytes are one allocation exported by CUDA IPC
+(``tiers.cuda_ipc``) to engines on the same GPU. ``locate_many`` tells where a block lies
+and its generation; a page's generation is bumped before the page is freed for reuse, so a
+reader that copies a block and then finds the same generation knows its copy is whole.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from tiers import sharedmem
+from tiers import cuda_ipc, sharedmem
 from tiers.base import Block, Location, Payload, PayloadSizeError, Tier, payload_parts
 from tiers.extents import ExtentAllocator
 
@@ -61,16 +62,18 @@ class SlabTier(Tier):
         self.capacity_bytes = num_pages * page_size
         self.max_block_bytes = min(max_block_bytes, self.capacity_bytes)
         self.device = torch.device(device)
-        on_gpu = self.device.type == "cuda"
-        if shared and on_gpu:
-            raise ValueError(f"{name}: only a host slab can be shared with other processes")
+        self.on_gpu = on_gpu = self.device.type == "cuda"
         self.pinned_memory = not on_gpu and torch.cuda.is_available()
         self.shared = shared
         self._regions: list[sharedmem.SharedRegion] = []
+        self._ipc_handle = b""
         if shared:
-            # Committed at start like the zeroed tensor below; page-locked by registering it.
-            data = self._region(f"kvtier-{name}", num_pages * page_size)
-            self._flat = torch.from_numpy(data)
+            # Generations in shared host memory either way; the bytes too on the host (then
+            # page-locked by registering them), in one exported allocation on a GPU.
+            if on_gpu:
+                self._flat, self._ipc_handle = cuda_ipc.allocate(num_pages * page_size, self.device)
+            else:
+                self._flat = torch.from_numpy(self._region(f"kvtier-{name}", num_pages * page_size))
             self._gens = self._region(f"kvtier-{name}-gens", 8 * num_pages).view(np.uint64)
             if self.pinned_memory:
                 torch.cuda.cudart().cudaHostRegister(self._flat.data_ptr(), self._flat.numel(), 0)
@@ -81,7 +84,7 @@ class SlabTier(Tier):
                                      pin_memory=self.pinned_memory)
             self._gens = np.zeros(num_pages, dtype=np.uint64)
         self._host = None if on_gpu else self._flat.numpy()
-        self.locates = not on_gpu
+        self.locates = not on_gpu or shared
         self._host_view = None if on_gpu else memoryview(self._host)
         self._free = ExtentAllocator(num_pages)
         self._blocks: dict[bytes, tuple[int, list[tuple[int, int]]]] = {}  # key -> (size, runs)
@@ -178,6 +181,8 @@ class SlabTier(Tier):
             for start, n in self._segments(size, runs):
                 self._flat[start : start + n].copy_(torch.from_numpy(src[done : done + n].copy()))
                 done += n
+            if self.shared:  # in place before any other process is told where it lies
+                torch.cuda.current_stream(self.device).synchronize()
             return
         # Host pages: the parts straight into the runs, no join (a remote value comes in two).
         part, used = 0, 0  # the part being copied, and how much of it already was
@@ -203,8 +208,8 @@ class SlabTier(Tier):
         sharedmem.fence()  # the bumps are visible before any freed page is written again
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
-        """Where each block lies in a host slab: its runs as byte segments (one for nearly
-        every block); ``None`` when absent or the slab is on a GPU."""
+        """Where each block lies: its runs as byte segments (one for nearly every block);
+        ``None`` when absent, and for every block of a GPU slab that is not shared."""
         if not self.locates:
             return super().locate_many(keys)
         out: list[Location | None] = []
@@ -214,7 +219,8 @@ class SlabTier(Tier):
                 out.append(None)
                 continue
             size, runs = entry
-            out.append(Location(tuple(self._segments(size, runs)), size, int(self._gens[runs[0][0]])))
+            generation = int(self._gens[runs[0][0]])
+            out.append(Location(tuple(self._segments(size, runs)), size, generation, self.name))
         return out
 
     def view(self, where: Location) -> list[memoryview]:
@@ -224,13 +230,16 @@ class SlabTier(Tier):
         return sharedmem.unchanged(self._gens, self.page_size, located).tolist()
 
     def share(self) -> tuple[list[int], dict]:
-        """Read-only descriptors of the slab and its generations (the caller closes them)
-        and what a client needs to map them."""
+        """Read-only descriptors (the caller closes them) of the slab's bytes, on the host,
+        and of its generations, and what a client needs to map them; on a GPU, with the
+        IPC handle of the bytes and the GPU's UUID."""
         if not self.shared:
             raise ValueError(f"{self.name}: this slab is not shared")
         fds = [region.read_only_fd() for region in self._regions]
-        return fds, {"slab_bytes": self.capacity_bytes, "page_size": self.page_size,
-                     "num_pages": self.num_pages}
+        layout = {"slab_bytes": self.capacity_bytes, "page_size": self.page_size, "num_pages": self.num_pages}
+        if self._ipc_handle:
+            layout |= {"handle": self._ipc_handle, "device_uuid": cuda_ipc.device_uuid(self.device)}
+        return fds, layout
 
     def close(self) -> None:
         if not self.shared:
@@ -252,7 +261,8 @@ def dram_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, shared: b
     return SlabTier("dram", capacity_bytes, page_size, "cpu", shared=shared)
 
 
-def hbm_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, device: str = "cuda") -> SlabTier:
+def hbm_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, device: str = "cuda",
+             shared: bool = False) -> SlabTier:
     if not torch.cuda.is_available():
         raise ValueError("the HBM tier needs a CUDA device and none is visible; set its size to 0")
-    return SlabTier("hbm", capacity_bytes, page_size, device)
+    return SlabTier("hbm", capacity_bytes, page_size, device, shared=shared)

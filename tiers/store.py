@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from hashing.keys import KEY_SIZE
@@ -164,14 +164,14 @@ class TieredStore:
     # -- queries ------------------------------------------------------------------------
 
     @property
-    def shared_tier(self) -> Tier | None:
-        """The tier whose memory same-host clients may map, if any."""
-        return next((s.tier for s in self._tiers if s.tier.shared), None)
+    def shared_tiers(self) -> dict[str, Tier]:
+        """The tiers whose memory same-host clients may map, by name."""
+        return {s.tier.name: s.tier for s in self._tiers if s.tier.shared}
 
     @property
     def locating_tier(self) -> Tier | None:
-        """The tier ``get_into(..., locate=True)`` answers ``Location``s in (the host slab)."""
-        return next((s.tier for s in self._tiers if s.tier.locates), None)
+        """The host slab that locates its blocks, for GET to send them from, if any."""
+        return next((s.tier for s in self._tiers if s.tier.locates and not s.tier.on_gpu), None)
 
     @property
     def tier_names(self) -> list[str]:
@@ -290,16 +290,17 @@ class TieredStore:
         """
         return [None if r is None else bytes(r) for r in self._fetch(keys, None)]
 
-    def get_into(self, keys: Sequence[bytes], arena: memoryview | bytearray, locate: bool = False,
+    def get_into(self, keys: Sequence[bytes], arena: memoryview | bytearray, locate: Collection[str] = (),
                  hold: bool = False) -> list[memoryview | Location | None]:
         """Like ``get``, but copies the payloads back to back into ``arena`` (the caller's
         reusable buffer: one copy, no allocation) and returns a view of each, ``None``
         where absent. Stops before the first hit that does not fit, so the result may be
         shorter than ``keys``; the views are valid until the caller reuses the arena.
 
-        With ``locate``, a block served from a host slab is not copied: its ``Location``
-        there comes back instead (its arena space stays unused), for the caller to send
-        from, or a same-host client to copy out of shared memory. With ``hold`` too, no
+        A block served from a tier named in ``locate`` (one that ``locates``: a host slab,
+        a shared GPU slab) is not copied: its ``Location`` there comes back instead (its
+        arena space stays unused), for the caller to send from, or a same-host client to
+        copy out of shared memory. With ``hold`` too, no
         eviction or demotion takes the located blocks out of the slab until ``release``
         (a delete still may: the page generations say so)."""
         return self._fetch(keys, memoryview(arena).cast("B"), locate, hold)
@@ -310,7 +311,7 @@ class TieredStore:
             self._held.subtract(keys)
             self._held = +self._held  # drop keys no longer held
 
-    def _fetch(self, keys: Sequence[bytes], arena: memoryview | None, locate: bool = False,
+    def _fetch(self, keys: Sequence[bytes], arena: memoryview | None, locate: Collection[str] = (),
                hold: bool = False) -> list:
         if self.remote is not None:
             # Membership without the lock is safe (a dict lookup is atomic under the GIL);
@@ -386,9 +387,10 @@ class TieredStore:
             plan.append((key, meta, dest))
         return plan
 
-    def _read_planned(self, plan: list[tuple], out: list, served: list[int], locate: bool = False) -> None:
-        """Read each planned block from its fastest tier, one batched call per tier (or,
-        with ``locate``, say where it lies when that tier shares its memory)."""
+    def _read_planned(self, plan: list[tuple], out: list, served: list[int],
+                      locate: Collection[str] = ()) -> None:
+        """Read each planned block from its fastest tier, one batched call per tier (or
+        say where it lies, for the tiers named in ``locate``)."""
         by_tier: dict[int, list[int]] = {}
         for i, (_, meta, _) in enumerate(plan):
             if meta is not None:
@@ -396,7 +398,7 @@ class TieredStore:
         for t, planned in by_tier.items():
             tier = self._tiers[t].tier
             rows = planned
-            if locate:
+            if tier.name in locate:
                 located = tier.locate_many([plan[i][0] for i in planned])
                 for i, where in zip(planned, located, strict=True):
                     if where is not None:

@@ -54,6 +54,7 @@ class ConnectorConfig:
     save_batch_blocks: int = 32  # blocks per put request
     fetch_threads: int = 2
     client_timeout_s: float = 2.0
+    device: str | None = None  # the engine's GPU: the service's HBM tier is opened there if it is that GPU
 
     def __post_init__(self) -> None:
         for url in split_urls(self.url):
@@ -111,7 +112,8 @@ class CacheConnector:
 
     def __init__(self, config: ConnectorConfig, client: CacheClient | ShardedCacheClient | None = None):
         self.config = config
-        self.client = client or open_client(config.url, ClientOptions(timeout=config.client_timeout_s))
+        self.client = client or open_client(config.url, ClientOptions(timeout=config.client_timeout_s,
+                                                                      device=config.device))
         self.stats = ConnectorStats()
         self._pool = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="kvtier-fetch")
         self._pending: dict[str, tuple[Future, float]] = {}  # request id -> (fetch, deadline)

@@ -3,15 +3,17 @@
 ::
 
     fetched block                          reserved page (unindexed)        then
-    Mapped: the service's shared slab ───► copy (GPU: DMA, side stream) ──► check: whole?
+    Mapped: a service's shared slab ─────► copy (GPU: DMA, side stream) ──► check: whole?
     memoryview: a socket reply's bytes ──► copy ─────────────────────────►  (always whole)
 
 A block in the service's DRAM slab (``clients.shared.Mapped``, same host, ``unix://``) is
 copied out of the read-only mapping into its page with no stop in between: no Python
 ``bytes``, no staging buffer. On a GPU the mapping is registered with the CUDA runtime
 (read-only, once per slab), so the copy is a DMA from the service's memory into the page,
-queued on a side stream: the engine keeps stepping other requests while it runs. Blocks
-that came inline (flash, HBM, TCP) are copied from the reply's buffer the same way.
+queued on a side stream: the engine keeps stepping other requests while it runs. A block in
+the service's HBM slab on the engine's own GPU (opened by CUDA IPC, ``tiers.cuda_ipc``) is
+copied GPU to GPU the same way. Blocks that came inline (flash, TCP, HBM on another GPU)
+are copied from the reply's buffer.
 
 Whether a mapped copy is whole is known only after it completed (``Load.done``): the
 service may have evicted the block and reused its pages meanwhile, and ``Load.whole`` asks
@@ -89,10 +91,11 @@ class PageLoader:
         return Load(blocks, self._copy_cuda(pages, sources))
 
     def _source(self, block: Block) -> list[torch.Tensor]:
-        """The block's bytes as host tensors (views, no copy), in order."""
+        """The block's bytes as tensors (views, no copy), in order: in host memory, or in
+        the service's HBM slab on this GPU."""
         if isinstance(block, Mapped):
-            host = self._host(block.slab)
-            return [host[start : start + n] for start, n in block.location.segments]
+            data = block.slab.data if block.slab.on_gpu else self._host(block.slab)
+            return [data[start : start + n] for start, n in block.location.segments]
         return [torch.frombuffer(block, dtype=torch.uint8)] if block.nbytes else []
 
     def _host(self, slab: SharedSlab) -> torch.Tensor:

@@ -64,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
                           hash_secret=read_secret(args.hash_secret_file))
     connector = None
     if args.cache_url:
+        from engine.dtype import resolve_device
         from engine.runtime.connector import CacheConnector, ConnectorConfig
 
-        connector = CacheConnector(ConnectorConfig(args.cache_url, fetch_timeout_s=args.cache_timeout))
+        device = resolve_device(args.device)
+        connector = CacheConnector(ConnectorConfig(args.cache_url, fetch_timeout_s=args.cache_timeout,
+                                                   device=device if device.startswith("cuda") else None))
     engine = LLMEngine(config, connector=connector)
     if args.pin_system_prompt:
         from engine.runtime.pinning import pin_system_prompt

@@ -13,7 +13,7 @@ from benchmarks import dataplane
 from tiers import sharedmem
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-PAGES = ("shm_pages", "socket_pages")
+PAGES = {"cpu": ("shm_pages", "socket_pages"), "cuda": ("shm_pages", "socket_pages", "ipc_pages")}
 CEILING = {"cpu": ("memcpy",), "cuda": ("pinned_h2d", "d2d")}
 pytestmark = pytest.mark.skipif(not sharedmem.supported(), reason="shared memory needs x86-64 Linux")
 
@@ -23,22 +23,25 @@ def test_page_systems_run_beside_the_copy_and_their_ratio_is_the_rates_quotient(
     parser = argparse.ArgumentParser()
     dataplane.add_arguments(parser)
     out = tmp_path / "dataplane.json"
-    systems = ",".join((*PAGES, *CEILING[device]))
+    systems = ",".join((*PAGES[device], *CEILING[device]))
     args = parser.parse_args(["--device", device, "--systems", systems, "--sizes", "360KiB", "--batch", "4",
                               "--clients", "1", "--rounds", "1", "--round-s", "0.1", "--json", str(out)])
     assert dataplane.run(args) == 0
     report = json.loads(out.read_text())
-    assert report["device"] == device and report["systems"] == [*PAGES, *CEILING[device]]
+    assert report["device"] == device and report["systems"] == [*PAGES[device], *CEILING[device]]
     cell = report["results"]["360KiB"]["1"]
     assert sorted(k[:-5] for k in cell if k.endswith("_gbps")) == sorted(report["systems"])
     assert all(cell[f"{s}_gbps"] > 0 for s in report["systems"])
     limit = CEILING[device][0]
     judged = report["verdict"]["360KiB"]
-    for system in PAGES:
+    for system in PAGES["cpu"]:
         assert judged[f"{system}_vs_{limit}"] == pytest.approx(
             cell[f"{system}_gbps"] / cell[f"{limit}_gbps"], abs=0.002)
     if device == "cuda":
         assert judged["shm_pages_vs_pinned_h2d_met"] == (judged["shm_pages_vs_pinned_h2d"] >= 0.80)
+        ipc = cell["ipc_pages_gbps"] / cell["d2d_gbps"]
+        assert judged["ipc_pages_vs_d2d"] == pytest.approx(ipc, abs=0.002)
+        assert judged["ipc_pages_vs_d2d_met"] == (judged["ipc_pages_vs_d2d"] >= 0.50)
     assert "shm_pages" in dataplane.render(report)
 
 

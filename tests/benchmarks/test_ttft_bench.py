@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from benchmarks.ttft import CASES, HIT_CASES, TARGETS, pool_blocks, service_settings
+from benchmarks.ttft import CASES, TARGETS, pool_blocks, service_settings
 from clients.cli import build_parser
 from engine.model.kv_cache import PageLayout
 from engine.model.shapes import SHAPES
@@ -29,12 +29,14 @@ def test_every_case_its_floor_and_the_shared_memory_bytes(monkeypatch, tmp_path)
     assert r["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # layers, K and V, kv heads, head dim, float32
     assert r["settings"] == {"system_tokens": 64, "question_tokens": 16, "turns": 2, "repeats": 1,
                              "threads": 2}
-    for case in CASES:
+    cases, hits = CASES[:-1], ("dram", "dram_tcp", "flash")  # hbm: on CUDA only
+    assert "ttft_hbm_s" not in r and "d2d_copy_gbps" not in r
+    for case in cases:
         assert r[f"ttft_{case}_s"] > 0, case
     # Each hit loads the system prompt's 4 blocks: the same host's through shared memory
     # only, the TCP and flash hits inline.
     system_bytes = 64 * r["kv_bytes_per_token"]
-    for case in HIT_CASES:
+    for case in hits:
         assert r[f"loaded_bytes_{case}"] == system_bytes, case
         floor = r[f"loaded_bytes_{case}"] / (r["numpy_copy_gbps"] * 1e9) + r["ttft_local_s"]
         assert r[f"floor_{case}_s"] == pytest.approx(floor), case
@@ -46,15 +48,17 @@ def test_every_case_its_floor_and_the_shared_memory_bytes(monkeypatch, tmp_path)
 
     assert len(r["turn_ttft_cached_s"]) == len(r["turn_ttft_uncached_s"]) == 2
     ratios = r["ratios"]
-    for case in CASES[1:]:
+    for case in cases[1:]:
         assert ratios[f"{case}_vs_cold"] == pytest.approx(r[f"ttft_{case}_s"] / r["ttft_cold_s"])
-    for case in HIT_CASES:
+    for case in hits:
         assert ratios[f"{case}_vs_floor"] == pytest.approx(r[f"ttft_{case}_s"] / r[f"floor_{case}_s"])
     for kind in ("cached", "uncached"):
         turns = r[f"turn_ttft_{kind}_s"]
         assert ratios[f"turn2_vs_turn1_{kind}"] == pytest.approx(turns[1] / turns[0])
     # The 8-turn target is not judged on a 2-turn chat.
     judged = {k: v for k, v in TARGETS["cpu"].items() if k != "turn8_vs_turn1_cached"}
+    assert set(ratios) == {f"{c}_vs_cold" for c in cases[1:]} | {f"{c}_vs_floor" for c in hits} \
+        | {"turn2_vs_turn1_cached", "turn2_vs_turn1_uncached"}
     assert r["targets"] == TARGETS["cpu"]
     assert r["targets_met"] == {k: ratios[k] <= v for k, v in judged.items()}
 
@@ -69,4 +73,6 @@ def test_an_8b_shape_fits_every_system_prompt_in_the_service_dram():
     prompts = args.repeats * 2048 * (128 << 10)
     assert settings["dram_gb"] * 2**30 >= 2 * prompts and settings["flash_gb"] >= settings["dram_gb"]
     assert settings["unix_socket"] == "/tmp/s.sock"
+    # The HBM case's service keeps 4 blocks in DRAM: the rest of what it is sent goes to HBM.
+    assert settings["hbm_service_dram_gb"] * 2**30 == pytest.approx(4 * page_bytes, rel=1e-3)
     assert pool_blocks(args, 16) * 16 >= 2 * (2048 + 2 * 64)

@@ -96,6 +96,8 @@ def test_headers_decode_or_raise_frame_error(plane, raw):
 def test_reply_parsers_decode_or_raise_frame_error(body, count):
     """What a client does with a garbage reply: a ``FrameError`` it turns into a fallback."""
     for parse in (p.parse_get, p.parse_lookup, p.split_keys, p.split_put, p.split_pin,
-                  lambda body, n: p.parse_get_mapped(body, n, 1 << 20), lambda body, n: p.parse_map(body)):
+                  lambda body, n: p.parse_get_mapped(body, n, {"dram": 1 << 20, "hbm": 1 << 20}),
+                  lambda body, n: p.parse_map(body), lambda body, n: p.parse_device_map(body),
+                  p.split_get_mapped):
         with contextlib.suppress(p.FrameError):
             parse(memoryview(body), count)

@@ -1,6 +1,7 @@
 import pytest
 
 from cacheserver import protocol as p
+from tiers.base import Location
 
 
 def test_header_round_trip():
@@ -56,3 +57,30 @@ def test_pin_body_round_trip():
     keys, tier, ttl = p.split_pin(memoryview(p.pin_body([b"k" * 16], "dram", 5.0)), 1)
     assert (keys, tier, ttl) == ([b"k" * 16], "dram", 5.0)
     assert p.split_pin(memoryview(p.pin_body([b"k" * 16], None, None)), 1)[1:] == (None, None)
+
+
+def test_get_mapped_names_the_slabs_mapped_and_each_location_its_slab():
+    keys = [b"a" * 16, b"b" * 16, b"c" * 16]
+    body = p.get_mapped_body(keys, ["hbm", "dram", "hbm"])
+    assert p.split_get_mapped(memoryview(body), 3) == (keys, ["dram", "hbm"])
+    assert p.split_get_mapped(memoryview(p.get_mapped_body(keys, [])), 3) == (keys, [])
+    with pytest.raises(p.FrameError, match="names slabs"):
+        p.split_get_mapped(memoryview(b"\x04" + b"".join(keys)), 3)
+    results = [Location(((4096, 100),), 100, 7, "hbm"), b"inline", None, Location(((0, 50),), 50, 2, "dram")]
+    reply = memoryview(b"".join(bytes(b) for b in p.get_mapped_buffers(results)))
+    got = p.parse_get_mapped(reply, 4, {"dram": 1 << 20, "hbm": 1 << 20})
+    assert got[0] == results[0] and got[3] == results[3] and bytes(got[1]) == b"inline" and got[2] is None
+    with pytest.raises(p.FrameError, match="did not map"):  # a location in a slab never mapped
+        p.parse_get_mapped(reply, 4, {"dram": 1 << 20})
+    with pytest.raises(p.FrameError, match="leave the 4096 B hbm slab"):
+        p.parse_get_mapped(reply, 4, {"dram": 1 << 20, "hbm": 4096})
+
+
+def test_device_map_reply_round_trip():
+    handle = bytes(range(64))
+    body = p.device_map_body(1 << 20, 1 << 16, 16, handle, "GPU-1234")
+    assert p.parse_device_map(memoryview(body)) == ((1 << 20, 1 << 16, 16), handle, "GPU-1234")
+    with pytest.raises(p.FrameError, match="inconsistent"):
+        p.parse_device_map(p.device_map_body(1 << 20, 1 << 16, 15, handle, "GPU-1234"))
+    with pytest.raises(p.FrameError):
+        p.parse_device_map(body[: p.DEVICE_MAP_REPLY.size])  # no UUID

@@ -13,11 +13,11 @@ import pytest
 from cacheserver import protocol as p
 from cacheserver.dataplane import DataPlane, Limits
 from clients.cache_client import CacheClient
-from clients.calls import Plan, Request
+from clients.calls import Plan, Request, ServerError
 from clients.connection import Connection
 from clients.counters import ClientCounters
 from clients.guard import ClientOptions
-from clients.shared import STALE, SharedSlab
+from clients.shared import STALE, Mapped, SharedSlab
 from clients.url import parse_url
 from tests.cacheserver.blocks import chain, keys_of
 from tiers import sharedmem
@@ -68,16 +68,16 @@ def test_a_block_moved_while_it_was_copied_is_refused_not_served_mixed(served):
     writer = CacheClient(served.data_url)
     assert writer.put([old]) == 1
     conn = Connection(parse_url(served.unix_url), 2.0)
-    fds, layout = conn.map_shared(2.0)
+    fds, body = conn.map_shared(2.0)
     try:
-        slab = SharedSlab(fds, layout, ClientCounters())
+        slab = SharedSlab(fds, p.parse_map(body), ClientCounters())
     finally:
         for fd in fds:
             os.close(fd)
 
     def locate(key: bytes) -> list:
-        request = Request(p.Op.GET_MAPPED, 1, [p.keys_body([key])])
-        plan = Plan([request], lambda n, body: p.parse_get_mapped(body, n, slab.slab_bytes),
+        request = Request(p.Op.GET_MAPPED, 1, [p.get_mapped_body([key], ["dram"])])
+        plan = Plan([request], lambda n, body: p.parse_get_mapped(body, n, {"dram": slab.slab_bytes}),
                     lambda parts: parts[0], None)
         return conn.exchange(plan, 2.0)
 
@@ -109,13 +109,15 @@ def test_without_shared_memory_unix_clients_get_over_the_socket(serve_factory):
         assert c.put(blocks) == 3
         assert [bytes(g) for g in c.get(keys_of(blocks))] == [b[3] for b in blocks]
         assert c.counters.mapped_bytes == 0 and c.counters.failures == 0
-    assert "shared memory" not in served.output
+    served.stop()
+    assert "shared memory" not in served.output and "kvtier serve: data plane on unix://" in served.output
 
 
 def test_the_mapping_is_read_only_and_the_socket_owner_only(served):
     assert stat.S_IMODE(os.stat(served.unix_path).st_mode) == 0o600
     conn = Connection(parse_url(served.unix_url), 2.0)
-    fds, (slab_bytes, _, _) = conn.map_shared(2.0)
+    fds, body = conn.map_shared(2.0)
+    slab_bytes = p.parse_map(body)[0]
     try:
         with pytest.raises(PermissionError):
             mmap.mmap(fds[0], slab_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -156,8 +158,10 @@ def test_a_block_spread_over_several_runs_is_sent_and_copied_whole():
     slab = SharedSlab(list(mapped.fds), p.parse_map(bytes(mapped.buffers[0])), ClientCounters())
     for fd in mapped.fds:
         os.close(fd)
-    reply = plane.handle(p.Header(p.Op.GET_MAPPED, 6, 1, 16), memoryview(key))
-    where = p.parse_get_mapped(memoryview(b"".join(bytes(b) for b in reply.buffers)), 1, slab.slab_bytes)
+    request = p.get_mapped_body([spread[0][0]], ["dram"])
+    reply = plane.handle(p.Header(p.Op.GET_MAPPED, 6, 1, len(request)), memoryview(request))
+    body = memoryview(b"".join(bytes(b) for b in reply.buffers))
+    where = p.parse_get_mapped(body, 1, {"dram": slab.slab_bytes})
     reply.sent()
     assert len(where[0].segments) == 2
     assert bytes(slab.copy_out(where)[0]) == spread[0][3]
@@ -177,3 +181,60 @@ def test_with_an_hbm_tier_new_blocks_go_to_shared_dram_and_hbm_takes_its_evictio
         got = c.get(keys_of(blocks))
         assert [bytes(g) for g in got] == [b[3] for b in blocks]
         assert c.counters.mapped_bytes >= in_dram * 200_000
+
+
+def test_map_device_is_refused_where_no_gpu_memory_is_shared_and_the_client_carries_on(served):
+    """An engine that asks for the HBM slab (``ClientOptions.device``) from a service with
+    none still gets every hit: DRAM ones through shared memory, as before."""
+    conn = Connection(parse_url(served.unix_url), 2.0)
+    with pytest.raises(ServerError, match="shares no GPU memory"):
+        conn.map_shared(2.0, p.Op.MAP_DEVICE)
+    conn.close()
+    blocks = chain("no-hbm", 3, size=50_000)
+    with CacheClient(served.unix_url, ClientOptions(device="cuda")) as c:
+        assert c.put(blocks) == 3
+        got = c.get_mapped(keys_of(blocks))
+        assert all(isinstance(g, Mapped) and g.slab.name == "dram" and not g.slab.on_gpu for g in got)
+        assert [bytes(g) for g in c.get(keys_of(blocks))] == [b[3] for b in blocks]
+        assert c.counters.failures == 0
+
+
+def test_get_mapped_naming_a_slab_the_service_does_not_share_is_refused(served):
+    request = p.get_mapped_body([MISSING_KEY], ["dram", "hbm"])
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(served.unix_path)
+        s.sendall(p.Header(p.Op.GET_MAPPED, 1, 1, len(request)).pack() + request)
+        reply = p.unpack_header(s.recv(p.HEADER_SIZE, socket.MSG_WAITALL))
+        assert reply.code == p.Status.BAD_REQUEST
+        assert b"shares no hbm slab" in s.recv(reply.body_len, socket.MSG_WAITALL)
+
+
+@pytest.mark.gpu
+def test_an_engine_on_the_services_gpu_loads_hbm_hits_gpu_to_gpu(serve_factory):
+    """The HBM slab through CUDA IPC: blocks DRAM evicted into HBM come back as ``Mapped``
+    in the GPU slab, copy GPU to GPU into pages whole, and one deleted meanwhile is refused."""
+    import torch
+
+    from engine.runtime.page_loader import PageLoader
+
+    served = serve_factory(dram_gb=1 / 1024, hbm_gb=4 / 1024)  # 1 MiB DRAM, 4 MiB HBM
+    blocks = chain("ipc", 12, size=200_000)
+    with CacheClient(served.unix_url, ClientOptions(device="cuda")) as c:
+        assert c.put(blocks) == 12
+        tiers = c.lookup(keys_of(blocks))
+        got = c.get_mapped(keys_of(blocks))
+        assert all(isinstance(g, Mapped) for g in got)
+        assert [g.slab.name for g in got] == tiers  # each where lookup said
+        in_hbm = [i for i, t in enumerate(tiers) if t == "hbm"]
+        assert in_hbm and all(got[i].slab.on_gpu for i in in_hbm)
+        pages = torch.zeros(12, 200_000, dtype=torch.uint8, device="cuda")
+        load = PageLoader("cuda").load(list(pages), got)
+        load.wait()
+        assert load.whole() == [True] * 12
+        assert [bytes(page.cpu().numpy()) for page in pages] == [b[3] for b in blocks]
+        # Deleted after it was located: its generation moved, so a copy would be refused.
+        victim = got[in_hbm[0]]
+        assert c.delete([blocks[in_hbm[0]][0]]) == 1
+        assert victim.slab.check([victim.location]).tolist() == [False]
+    served.stop()
+    assert "the HBM tier on the same GPU (CUDA IPC)" in served.output

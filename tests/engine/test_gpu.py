@@ -42,6 +42,14 @@ def greedy(engine: LLMEngine, n: int = 24) -> list:
     return engine.generate(PROMPTS, SamplingParams(max_tokens=n, temperature=0, logprobs=3, ignore_eos=True))
 
 
+def assert_same_answers(cold: list, warm: list) -> None:
+    """The same greedy tokens, and logprobs within 1e-3."""
+    for a, b in zip(cold, warm, strict=True):
+        assert a.token_ids == b.token_ids
+        for la, lb in zip(a.logprobs, b.logprobs, strict=True):
+            assert all(abs(la[t] - lb[t]) < 1e-3 for t in la.keys() & lb.keys())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("config", [SMALL, GROUP3], ids=["group4", "group3"])
 def test_cuda_float32_matches_cpu(config):
@@ -264,29 +272,34 @@ def test_cuda_engine_saves_its_pages_through_the_staging_ring(served):
 
 
 @pytest.mark.gpu
-def test_cuda_engine_loads_dram_hits_straight_from_shared_memory_and_outlives_the_service(served):
-    """A second CUDA engine on the service's Unix socket gets the first one's blocks by DMA
-    out of the service's shared DRAM slab (no payload over the socket), answers exactly as
-    the first did, and keeps answering after the service is killed."""
+@pytest.mark.parametrize("tier", ["dram", "hbm"])
+def test_cuda_engine_loads_hits_straight_from_the_services_memory_and_outlives_it(serve_factory, tier):
+    """A second CUDA engine on the service's Unix socket gets the first one's blocks with no
+    payload over the socket: by DMA out of the service's shared DRAM slab, or GPU to GPU out
+    of its HBM slab opened by CUDA IPC (a service whose DRAM holds one block keeps the rest
+    in HBM). It answers exactly as the first did, and keeps answering after the service is
+    killed."""
     from engine.runtime.connector import CacheConnector, ConnectorConfig
 
+    hbm = {"dram_gb": 64 / 2**20, "hbm_gb": 4 / 1024, "flash_gb": 0}  # DRAM for one block, 4 MiB of HBM
+    served = serve_factory(**(hbm if tier == "hbm" else {}))
+
     def engine() -> LLMEngine:
+        connector = CacheConnector(ConnectorConfig(served.unix_url, device="cuda"))
         return LLMEngine(EngineConfig(dtype="float32", device="cuda", block_size=16, num_blocks=64,
                                       max_num_seqs=8, max_num_batched_tokens=48),
-                         tiny_checkpoint(SMALL), CacheConnector(ConnectorConfig(served.unix_url)))
+                         tiny_checkpoint(SMALL), connector)
 
     first, second = engine(), engine()
     try:
         cold = greedy(first)
         assert first.connector.flush(30)
         warm = greedy(second)
-        for a, b in zip(cold, warm, strict=True):
-            assert a.token_ids == b.token_ids
-            for la, lb in zip(a.logprobs, b.logprobs, strict=True):
-                assert all(abs(la[t] - lb[t]) < 1e-3 for t in la.keys() & lb.keys())
-        assert sum(o.cached_tokens_by_source.get("dram", 0) for o in warm) >= 4 * 16
+        assert_same_answers(cold, warm)
         stats, counters = second.connector.stats, second.connector.client.counters
-        assert counters.mapped_bytes == stats.fetched_bytes > 0 and stats.moved_blocks == 0
+        assert stats.hits_by_tier[tier] >= 3 and stats.moved_blocks == 0
+        assert counters.mapped_bytes == stats.fetched_bytes > 0  # no payload over the socket
+        assert (second.connector.client._slabs.get("hbm") is not None) == (tier == "hbm")
         served.stop(signal.SIGKILL)
         after = second.generate([list(range(200, 260))], SamplingParams(max_tokens=8, temperature=0))[0]
         assert after.finished and len(after.token_ids) == 8

@@ -127,3 +127,47 @@ def test_a_payload_in_parts_lands_in_order_across_spread_runs(make):
     tier.put_many([block])
     assert len(tier._blocks[block.key][1]) == 2  # two runs
     assert tier.get(block.key) == data
+
+
+def test_get_into_locates_only_in_the_tiers_it_names():
+    """GET sends from the DRAM slab only; GET_MAPPED names the slabs its client mapped.
+    (A host slab named "hbm" stands in for the GPU one here.)"""
+    from tiers.base import Location
+    from tiers.store import TieredStore
+
+    store = TieredStore([dram_tier(2 * PAGE, PAGE), SlabTier("hbm", 16 * PAGE, PAGE)])
+    blocks = [blk(i, PAGE) for i in range(6)]
+    assert store.put(blocks) == 6
+    tiers = store.lookup([b.key for b in blocks])
+    assert set(tiers) == {"dram", "hbm"}
+    keys = [b.key for b in blocks]
+    for names in ((), ("dram",), ("dram", "hbm")):
+        served = store.lookup(keys)  # where each is read from (reads promote some to DRAM)
+        got = store.get_into(keys, bytearray(6 * PAGE), locate=names)
+        assert sum(isinstance(r, Location) for r in got) == sum(t in names for t in served)
+        for r, tier, block in zip(got, served, blocks, strict=True):
+            if isinstance(r, Location):
+                assert r.tier == tier and r.tier in names
+            else:
+                assert bytes(r) == block.payload
+
+
+@pytest.mark.gpu
+def test_a_shared_hbm_slab_locates_and_exports_its_generations_and_an_ipc_handle():
+    tier = hbm_tier(8 * PAGE, PAGE, shared=True)
+    a = blk(1, 2 * PAGE)
+    tier.put_many([a])
+    [where] = tier.locate_many([a.key])
+    assert where.tier == "hbm" and where.size == 2 * PAGE
+    fds, layout = tier.share()
+    try:
+        assert len(fds) == 1 and len(layout["handle"]) == 64 and layout["device_uuid"]
+        assert layout["num_pages"] == 8
+    finally:
+        for fd in fds:
+            __import__("os").close(fd)
+    assert tier.current([where]) == [True]
+    tier.delete_many([a.key])
+    assert tier.current([where]) == [False]
+    assert tier.get(a.key) is None
+    tier.close()
