@@ -269,18 +269,17 @@ def get_mapped_buffers(results: list) -> list:
     size, segment count and generation; a copied payload as its size and ``INLINE``; a
     miss as ``MISSING``), then every location's ``SEGMENT``s in order, then the inline
     payloads, each sent as it is."""
-    table = np.zeros(len(results), dtype=MAPPED_ENTRY)
-    segments, inline = [], []
-    for row, r in zip(table, results, strict=True):
+    rows, segments, inline = [], [], []
+    for r in results:
         if r is None:
-            row["size"] = MISSING
+            rows.append((MISSING, 0, 0, 0))
         elif isinstance(r, Location):
-            row["size"], row["segments"], row["generation"] = r.size, len(r.segments), r.generation
-            row["slab"] = SLABS.index(r.tier)
+            rows.append((r.size, len(r.segments), SLABS.index(r.tier), r.generation))
             segments += r.segments
         else:
-            row["size"], row["segments"] = len(r), INLINE
+            rows.append((len(r), INLINE, 0, 0))
             inline.append(r)
+    table = np.array(rows, dtype=MAPPED_ENTRY)
     return [table.tobytes(), np.array(segments, dtype=SEGMENT).tobytes(), *inline]
 
 
@@ -294,11 +293,16 @@ def parse_get_mapped(body: memoryview, count: int,
     if len(body) < table_len:
         raise FrameError(f"get_mapped reply of {len(body)} B cannot hold {count} entries")
     table = np.frombuffer(body, dtype=MAPPED_ENTRY, count=count).tolist()
-    nseg = sum(n for size, n, _, _ in table if size >= 0 and n > 0)
+    nseg = 0
+    for size, n, _, _ in table:
+        if size >= 0 and (n == 0 or n < INLINE):
+            raise FrameError(f"get_mapped reply counts {n} segments for a block")
+        nseg += n if size >= 0 and n > 0 else 0
     offset = table_len + nseg * SEGMENT.itemsize
-    if offset > len(body) or any(n == 0 or n < INLINE for size, n, _, _ in table if size >= 0):
-        raise FrameError(f"get_mapped reply of {len(body)} B cannot hold its {nseg} segments, or counts none")
+    if offset > len(body):
+        raise FrameError(f"get_mapped reply of {len(body)} B cannot hold its {nseg} segments")
     segments = np.frombuffer(body, dtype=SEGMENT, count=nseg, offset=table_len).tolist()
+    limits = [slab_bytes.get(name) for name in SLABS]  # None: a slab this client did not map
     out: list[Location | memoryview | None] = []
     taken = 0
     for size, n, slab, generation in table:
@@ -312,18 +316,27 @@ def parse_get_mapped(body: memoryview, count: int,
             out.append(body[offset : offset + size])
             offset += size
         else:
-            name = SLABS[slab] if slab < len(SLABS) else f"slab {slab}"
-            if name not in slab_bytes:
-                raise FrameError(f"get_mapped reply locates a block in {name}, which this client did not map")
-            mine = tuple(segments[taken : taken + n])
+            out.append(_location(size, tuple(segments[taken : taken + n]), slab, generation, limits))
             taken += n
-            if sum(n for _, n in mine) != size or any(start + n > slab_bytes[name] for start, n in mine):
-                raise FrameError(f"get_mapped reply locates {size} B in segments {mine} that do not add up "
-                                 f"or leave the {slab_bytes[name]} B {name} slab")
-            out.append(Location(mine, size, generation, name))
     if offset != len(body):
         raise FrameError(f"get_mapped reply has {len(body) - offset} B past its last payload")
     return out
+
+
+def _location(size: int, segments: tuple, slab: int, generation: int, limits: list) -> Location:
+    """A GET_MAPPED entry's location, checked: its slab mapped, its segments adding up to its
+    size and inside the slab."""
+    limit = limits[slab] if slab < len(SLABS) else None
+    if limit is None:
+        raise FrameError(f"get_mapped reply locates a block in slab {slab}, which this client did not map")
+    if len(segments) == 1:  # nearly every block: one run of pages
+        whole = segments[0][1] == size and segments[0][0] + size <= limit
+    else:
+        whole = sum(n for _, n in segments) == size and all(start + n <= limit for start, n in segments)
+    if not whole:
+        raise FrameError(f"get_mapped reply locates {size} B in segments {segments} that do not add up "
+                         f"or leave the {limit} B {SLABS[slab]} slab")
+    return Location(segments, size, generation, SLABS[slab])
 
 
 def body_size(buffers: list) -> int:
