@@ -75,7 +75,8 @@ class AsyncCacheClient:
     async def get(self, keys: Sequence[bytes]) -> list[memoryview | None]:
         return await self._run(calls.get_plan(keys, self.options.max_batch))
 
-    async def put(self, entries: Sequence[Entry]) -> int:
+    async def put(self, entries: Sequence[Entry]) -> int | None:
+        """How many blocks were new; ``None`` when the call failed (as ``CacheClient.put``)."""
         o = self.options
         return await self._run(calls.put_plan(entries, o.max_batch, o.max_frame_bytes - 1024))
 

@@ -110,8 +110,9 @@ class CacheClient:
 
         return self._call([None] * len(keys), action)
 
-    def put(self, entries: Sequence[Entry]) -> int:
-        """Store ``(key, parent, depth, payload)`` blocks; returns how many were new."""
+    def put(self, entries: Sequence[Entry]) -> int | None:
+        """Store ``(key, parent, depth, payload)`` blocks; returns how many were new, or
+        ``None`` when the call failed (then some of its batches may have been stored)."""
         o = self.options
         return self._run(calls.put_plan(entries, o.max_batch, o.max_frame_bytes - 1024))
 

@@ -120,7 +120,7 @@ def put_plan(entries: Sequence[tuple[bytes, bytes, int, Any]], max_batch: int, m
     if batch:
         batches.append(batch)
     requests = [Request(p.Op.PUT, len(b), p.put_buffers(b)) for b in batches]
-    return Plan(requests, _count, sum, 0)
+    return Plan(requests, _count, sum, None)  # None: not stored (some batches may have been)
 
 
 def keys_plan(op: p.Op, keys: Sequence[bytes], max_batch: int) -> Plan:

@@ -164,10 +164,6 @@ class KvtierStorage(HiCacheStorage):
         self.settings = KvtierSettings.from_extra_config(storage_config.extra_config)
         options = ClientOptions(timeout=self.settings.timeout_s)
         self.client = open_client(self.settings.url, options)
-        # Saves have a client of their own, used under a lock, so its failure count says
-        # whether a put went through (put answers 0 both for "nothing new" and on failure).
-        self._save_client = open_client(self.settings.url, options)
-        self._save_lock = threading.Lock()
         self.runs: PageRuns | None = None
         self.root = b""
         self._stats = StorageStats()
@@ -261,16 +257,14 @@ class KvtierStorage(HiCacheStorage):
     def close(self) -> None:
         self._log_stats()
         self.client.close()
-        self._save_client.close()
 
     def stats(self) -> dict:
-        """The backend's counters; ``failures``: calls its clients answered with their fallback
-        (service down, slow, or refusing); ``client``/``save_client``: those clients' own."""
+        """The backend's counters; ``failures``: calls its client answered with their fallback
+        (service down, slow, or refusing); ``client``: the client's own."""
         with self._stats_lock:
             ours = asdict(self._stats)
-        loads, saves = self.client.counters.as_dict(), self._save_client.counters.as_dict()
-        return {**ours, "failures": loads["failures"] + saves["failures"],
-                "client": loads, "save_client": saves}
+        calls = self.client.counters.as_dict()
+        return {**ours, "failures": calls["failures"], "client": calls}
 
     # -- the machinery ----------------------------------------------------------------------
 
@@ -302,10 +296,7 @@ class KvtierStorage(HiCacheStorage):
 
     def _save(self, keys: list[str], runs: list[memoryview], extra_info) -> bool:
         entries = self._entries(keys, runs, extra_info)
-        with self._save_lock:
-            failures = self._save_client.counters.failures
-            self._save_client.put(entries)
-            failed = self._save_client.counters.failures - failures
+        failed = self.client.put(entries) is None
         pages = 0 if failed else len(keys)
         self._count(saved_pages=pages, saved_bytes=pages * self.runs.count * self.runs.nbytes)
         return not failed

@@ -96,9 +96,11 @@ class ShardedCacheClient:
                                                                 [outs[i] for i in rows]))
         return self._merge(len(keys), groups, answers)
 
-    def put(self, entries: Sequence[Entry]) -> int:
+    def put(self, entries: Sequence[Entry]) -> int | None:
+        """How many blocks were new; ``None`` when the put to some owner failed."""
         groups = self._split([e[0] for e in entries])
-        return sum(self._each(groups, lambda c, rows: c.put([entries[i] for i in rows])).values())
+        counts = list(self._each(groups, lambda c, rows: c.put([entries[i] for i in rows])).values())
+        return None if None in counts else sum(counts)
 
     def delete(self, keys: Sequence[bytes]) -> int:
         return self._count(keys, lambda c, ks: c.delete(ks))

@@ -235,15 +235,14 @@ class CacheConnector:
 
     def _send(self, batch: list[SavedBlock]) -> None:
         staged = [b.staged for b in batch if b.staged is not None]
-        failures_before = self.client.counters.failures
         try:
             for s in staged:
                 s.wait()
-            self.client.put([(b.key, b.parent, b.depth, b.payload) for b in batch])
+            stored = self.client.put([(b.key, b.parent, b.depth, b.payload) for b in batch])
         finally:
             for s in staged:
                 s.release()
-        if self.client.counters.failures > failures_before:
+        if stored is None:
             self.stats.save_failed += len(batch)
             self._note("the cache service did not take %d blocks", len(batch))
         else:

@@ -20,7 +20,7 @@ def test_durable_mode_refuses_puts_when_flash_stops_taking_writes(serve_factory)
         resource.prlimit(served.pid, resource.RLIMIT_FSIZE, (data_file.stat().st_size,
                                                             resource.RLIM_INFINITY))
         during = chain("during", 8, size=65536)
-        assert c.put(during) == 0  # refused: the client's fallback, as for any error reply
+        assert c.put(during) is None  # refused: the client's fallback, as for any error reply
         assert c.counters.server_errors == 1
         assert c.lookup([b[0] for b in during]) == []  # not kept half-stored in DRAM either
         assert [bytes(g) for g in c.get([b[0] for b in before])] == [b[3] for b in before]
@@ -42,7 +42,7 @@ def test_durable_mode_without_flash_refuses_every_put(serve_factory, tmp_path):
     s = served.stats()
     assert s["degraded"] and not s["durable"] and s["flash_status"]["state"] == "unavailable"
     with CacheClient(served.data_url) as c:
-        assert c.put(chain("nowhere", 2)) == 0 and c.counters.server_errors == 1
+        assert c.put(chain("nowhere", 2)) is None and c.counters.server_errors == 1
         assert c.ping() and c.counters.failures == 1  # the service still answers
     assert served.stats()["data_plane"]["errors"] == {p.Status.NOT_DURABLE.name: 1}
     served.stop()

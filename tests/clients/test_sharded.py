@@ -64,6 +64,7 @@ def test_a_dead_service_costs_only_its_own_keys(three):
         else:
             assert bytes(g) == block[3]
     assert c.counters.failures >= 1 and not c.ping()
+    assert c.put(blocks) is None  # the dead owner's share was not stored: not "nothing new"
     c.close()
 
 
