@@ -549,8 +549,7 @@ RATIOS = ("kvtier_get/redis_get", "unix_get/memcpy", "bare_tcp/redis_get", "kvti
           "pinned_h2d/d2d")
 _COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "shm_get", "shm_get_into",
             "shm_pages", "socket_pages", "ipc_pages", "redis_get", "memcpy", "pinned_h2d", "d2d", "bare_tcp",
-            "bare_unix",
-            "kvtier_put", "unix_put", "redis_put")
+            "bare_unix", "kvtier_put", "unix_put", "redis_put")
 _LATENCIES = {"kvtier_get": "get", "shm_pages": "shm_pages"}  # system -> its p50/p99 column
 
 

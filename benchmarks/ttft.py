@@ -274,8 +274,21 @@ def pinned_h2d_copy(nbytes: int, device: str) -> float:
     """Bytes per second of a copy of ``nbytes`` from pinned host memory to the GPU, median of 5."""
     import torch
 
-    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    return _gpu_copy_rate(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True), device)
+
+
+def d2d_copy(nbytes: int, device: str) -> float:
+    """Bytes per second of a copy of ``nbytes`` from GPU memory to GPU memory, median of 5."""
+    import torch
+
+    return _gpu_copy_rate(torch.empty(nbytes, dtype=torch.uint8, device=device), device)
+
+
+def _gpu_copy_rate(src, device: str) -> float:
+    """Bytes per second of copying ``src`` into a tensor on ``device``, median of 5 after a warm-up."""
+    import torch
+
+    dst = torch.empty(src.numel(), dtype=src.dtype, device=device)
     dst.copy_(src, non_blocking=True)  # warm-up
     times = []
     for _ in range(5):
@@ -284,24 +297,7 @@ def pinned_h2d_copy(nbytes: int, device: str) -> float:
         dst.copy_(src, non_blocking=True)
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
-    return nbytes / statistics.median(times)
-
-
-def d2d_copy(nbytes: int, device: str) -> float:
-    """Bytes per second of a copy of ``nbytes`` from GPU memory to GPU memory, median of 5."""
-    import torch
-
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up
-    times = []
-    for _ in range(5):
-        torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        dst.copy_(src)
-        torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return nbytes / statistics.median(times)
+    return src.numel() / statistics.median(times)
 
 
 # device -> (result field, how the floor's copy is measured there)

@@ -71,9 +71,8 @@ class DataPlane:
         self.faults = faults or Faults()
         self.counters = DataPlaneCounters()
         self.arenas = ArenaPool()
-        shared = store.shared_tiers
-        self.shared_tier = shared.get("dram")  # what MAP offers (host memory)
-        self.device_tier = shared.get("hbm")  # what MAP_DEVICE offers (CUDA IPC)
+        # What MAP ("dram", host memory) and MAP_DEVICE ("hbm", CUDA IPC) offer.
+        self.slabs = {name: t for name, t in store.shared_tiers.items() if name in p.SLABS}
         self.locating_tier = store.locating_tier
         self._handlers = {
             p.Op.PING: self._ping,
@@ -184,7 +183,7 @@ class DataPlane:
         """GET for a client that mapped shared slabs: blocks in those come back as their
         location and generation (the client copies them itself); the others as payloads."""
         keys, slabs = p.split_get_mapped(body, count)
-        offered = [name for name in slabs if self._offered(name) is not None]
+        offered = [name for name in slabs if name in self.slabs]
         if offered != slabs:
             raise ValueError(f"this service shares no {' or '.join(set(slabs) - set(offered))} slab; "
                              "map what MAP and MAP_DEVICE offer, or use GET")
@@ -214,9 +213,6 @@ class DataPlane:
 
         return results, done
 
-    def _offered(self, slab: str):
-        return self.shared_tier if slab == "dram" else self.device_tier
-
     def _map(self, count: int, body: memoryview) -> Reply:
         return self._share("dram", p.map_body, "memory (it needs --unix-socket and x86-64, and is off "
                            "with --no-shared-memory); use GET")
@@ -227,7 +223,7 @@ class DataPlane:
 
     def _share(self, slab: str, reply_body: Callable[..., bytes], missing: str) -> Reply:
         """MAP or MAP_DEVICE: the slab's descriptors, passed with the reply, and its layout."""
-        tier = self._offered(slab)
+        tier = self.slabs.get(slab)
         if tier is None:
             raise ValueError(f"this service shares no {missing}")
         fds, layout = tier.share()

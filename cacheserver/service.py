@@ -68,8 +68,8 @@ class Service:
         if c.data_port:
             print(f"kvtier serve: data plane on kvtier://{c.host}:{c.data_port}", flush=True)
         if c.unix_socket:
-            shared = "; its clients map the DRAM tier (shared memory)" if self.plane.shared_tier else ""
-            shared += ", and the HBM tier on the same GPU (CUDA IPC)" if self.plane.device_tier else ""
+            shared = "; its clients map the DRAM tier (shared memory)" if "dram" in self.plane.slabs else ""
+            shared += ", and the HBM tier on the same GPU (CUDA IPC)" if "hbm" in self.plane.slabs else ""
             print(f"kvtier serve: data plane on unix://{c.unix_socket}{shared}", flush=True)
         print(f"kvtier serve: tiers {self.store.tier_names}, {len(self.store)} blocks from flash", flush=True)
         if self.store.remote is not None:
