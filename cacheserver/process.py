@@ -86,7 +86,7 @@ class ServiceProcess:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.03)
         self.stop()
         raise RuntimeError(f"kvtier serve did not become healthy in {timeout:.0f} s")
 

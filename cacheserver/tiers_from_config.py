@@ -42,8 +42,9 @@ def build_store(config: ServeConfig) -> Built:
     # DRAM evicts (above flash), and DRAM holds just what it would without an HBM tier: an
     # HBM tier never makes a hit slower than it would be without one.
     shared = config.shared_memory and bool(config.unix_socket) and sharedmem.supported()
-    if config.dram_gb:
-        tiers.append(dram_tier(config.bytes_of(config.dram_gb), page, shared=shared))
+    if config.dram_gb:  # page-locked only beside an HBM tier, the one GPU it copies to and from
+        pinned = bool(config.hbm_gb)
+        tiers.append(dram_tier(config.bytes_of(config.dram_gb), page, shared=shared, pinned=pinned))
     if config.hbm_gb:
         ipc = shared and cuda_ipc.available()
         if shared and not ipc:

@@ -11,8 +11,9 @@ grows. A block takes ``ceil(size / page_size)`` pages, as one run of consecutive
 whenever a free extent is long enough (``tiers.extents``: best fit, freed runs merge), so
 nearly every copy is a single memcpy. Pages rather than one slot per
 block let one service hold blocks of several models (360 KiB for SmolLM2, 2 MiB for
-Llama-3-8B) without a slot size to tune. Host slabs are page-locked (pinned) when CUDA
-exists, so copies to and from a GPU run at full DMA speed.
+Llama-3-8B) without a slot size to tune. A host slab is page-locked (pinned) when asked
+(``pinned``: the service asks when it also has an HBM tier, so copies between the two run
+at full DMA speed); a host slab needs no torch otherwise, so a CPU service never loads it.
 
 A slab can be *shared* (``shared=True``): a generation counter per page lives in
 memfd-backed memory (``tiers.sharedmem``) that same-host clients map read-only, and so do
@@ -24,10 +25,10 @@ reader that copies a block and then finds the same generation knows its copy is 
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from tiers import cuda_ipc, sharedmem
 from tiers.base import Block, Location, Payload, PayloadSizeError, Tier, payload_parts
@@ -47,6 +48,7 @@ class SlabTier(Tier):
         max_block_bytes: int = DEFAULT_MAX_BLOCK,
         *,
         shared: bool = False,
+        pinned: bool = False,
     ):
         if page_size < 1:
             raise ValueError(f"{name}: page size must be positive, got {page_size}")
@@ -61,29 +63,33 @@ class SlabTier(Tier):
         self.num_pages = num_pages
         self.capacity_bytes = num_pages * page_size
         self.max_block_bytes = min(max_block_bytes, self.capacity_bytes)
-        self.device = torch.device(device)
-        self.on_gpu = on_gpu = self.device.type == "cuda"
-        self.pinned_memory = not on_gpu and torch.cuda.is_available()
+        self.on_gpu = on_gpu = device.startswith("cuda")
+        self.pinned_memory = False
         self.shared = shared
         self._regions: list[sharedmem.SharedRegion] = []
         self._ipc_handle = b""
-        if shared:
-            # Generations in shared host memory either way; the bytes too on the host (then
-            # page-locked by registering them), in one exported allocation on a GPU.
-            if on_gpu:
-                self._flat, self._ipc_handle = cuda_ipc.allocate(num_pages * page_size, self.device)
+        nbytes = num_pages * page_size
+        if on_gpu:  # a shared GPU slab is one allocation exported by CUDA IPC
+            import torch
+
+            self.device = torch.device(device)
+            if shared:
+                self._flat, self._ipc_handle = cuda_ipc.allocate(nbytes, self.device)
             else:
-                self._flat = torch.from_numpy(self._region(f"kvtier-{name}", num_pages * page_size))
-            self._gens = self._region(f"kvtier-{name}-gens", 8 * num_pages).view(np.uint64)
-            if self.pinned_memory:
-                torch.cuda.cudart().cudaHostRegister(self._flat.data_ptr(), self._flat.numel(), 0)
+                self._flat = torch.zeros(nbytes, dtype=torch.uint8, device=self.device)
+            self._host = None
         else:
-            # flat: [num_pages * page_size] bytes on the tier's device. Zeroed, so every page
-            # is committed at start: no page faults while serving, and no overcommit surprise.
-            self._flat = torch.zeros(num_pages * page_size, dtype=torch.uint8, device=self.device,
-                                     pin_memory=self.pinned_memory)
-            self._gens = np.zeros(num_pages, dtype=np.uint64)
-        self._host = None if on_gpu else self._flat.numpy()
+            # A shared host slab lives in memory clients map; either way every page is
+            # committed at start: no page faults while serving, and no overcommit surprise.
+            self.device = device
+            self._host = self._region(f"kvtier-{name}", nbytes) if shared else _committed(nbytes)
+            cudart = _cudart() if pinned else None  # None without CUDA: the slab stays pageable
+            if cudart is not None:
+                cudart.cudaHostRegister(self._host.ctypes.data, nbytes, 0)
+                self.pinned_memory = True
+        # Generations in shared host memory when clients map the slab.
+        self._gens = (self._region(f"kvtier-{name}-gens", 8 * num_pages).view(np.uint64) if shared
+                      else np.zeros(num_pages, dtype=np.uint64))
         self.locates = not on_gpu or shared
         self._host_view = None if on_gpu else memoryview(self._host)
         self._free = ExtentAllocator(num_pages)
@@ -176,6 +182,8 @@ class SlabTier(Tier):
         parts = [np.frombuffer(p, dtype=np.uint8) for p in payload_parts(payload)]
         size = sum(p.size for p in parts)
         if self._host is None:  # a GPU slab: one host buffer, then one copy per run
+            import torch
+
             src = parts[0] if len(parts) == 1 else np.concatenate(parts)
             done = 0
             for start, n in self._segments(size, runs):
@@ -242,10 +250,11 @@ class SlabTier(Tier):
         return fds, layout
 
     def close(self) -> None:
+        if self.pinned_memory:
+            _cudart().cudaHostUnregister(self._host.ctypes.data)
+            self.pinned_memory = False
         if not self.shared:
             return  # plain memory goes with the object
-        if self.pinned_memory:
-            torch.cuda.cudart().cudaHostUnregister(self._flat.data_ptr())
         self._flat = self._host = self._host_view = self._gens = None
         for region in self._regions:
             region.close()
@@ -257,12 +266,27 @@ class SlabTier(Tier):
                 "pinned_memory": self.pinned_memory, "shared": self.shared}
 
 
-def dram_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, shared: bool = False) -> SlabTier:
-    return SlabTier("dram", capacity_bytes, page_size, "cpu", shared=shared)
+def _committed(nbytes: int) -> np.ndarray:
+    """Zeroed private memory whose every page is committed now (``MAP_POPULATE``)."""
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE), dtype=np.uint8)
+
+
+def _cudart():
+    """The CUDA runtime's bindings, ``None`` where CUDA is not available."""
+    import torch
+
+    return torch.cuda.cudart() if torch.cuda.is_available() else None
+
+
+def dram_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, shared: bool = False,
+              pinned: bool = False) -> SlabTier:
+    return SlabTier("dram", capacity_bytes, page_size, "cpu", shared=shared, pinned=pinned)
 
 
 def hbm_tier(capacity_bytes: int, page_size: int = DEFAULT_PAGE_SIZE, device: str = "cuda",
              shared: bool = False) -> SlabTier:
+    import torch
+
     if not torch.cuda.is_available():
         raise ValueError("the HBM tier needs a CUDA device and none is visible; set its size to 0")
     return SlabTier("hbm", capacity_bytes, page_size, device, shared=shared)

@@ -70,3 +70,13 @@ def test_sixteen_concurrent_clients_lose_and_corrupt_nothing(serve_factory):
     stats = httpx.get(served.rest_url + "/v1/stats").json()
     assert stats["blocks"] == 16 * 4 * 4
     assert {t["name"]: t["evictions"] for t in stats["tiers"]}["dram"] > 0
+
+
+def test_a_service_without_a_gpu_tier_never_loads_torch(served):
+    """torch costs a second of start and hundreds of MB; only an HBM tier or a page-locked
+    DRAM tier needs it."""
+    with CacheClient(served.unix_url) as c:
+        assert c.put(chain("no-torch", 2)) == 2
+        assert c.get_mapped([b[0] for b in chain("no-torch", 2)])[1] is not None
+    with open(f"/proc/{served.pid}/maps") as maps:
+        assert "libtorch" not in maps.read()
