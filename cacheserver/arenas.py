@@ -4,11 +4,15 @@ A GET copies its payloads once, into an arena, and the reply is sent from there.
 are taken for one request and given back once its reply is sent, so a warm service hands
 a new connection memory that is already mapped (the page faults of a fresh buffer cost
 more than the copy itself). The pool keeps at most
-``max_arenas``; an arena is uninitialised memory (no zeroing pass).
+``max_arenas``. A new arena is fresh anonymous memory (no zeroing pass of ours), in huge
+pages where the kernel allows them (``MADV_HUGEPAGE``): its first touch, as in the first
+large GET after a start, then faults once per 2 MiB instead of once per 4 KiB.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import threading
 
 import numpy as np
@@ -27,7 +31,7 @@ class ArenaPool:
             fits = [i for i, a in enumerate(self._free) if a.nbytes >= nbytes]
             if fits:
                 return self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
-        return np.empty(max(nbytes, 1), dtype=np.uint8)
+        return _fresh(max(nbytes, 1))
 
     def give(self, arena: np.ndarray) -> None:
         """Return an arena whose reply was sent; the smallest goes when the pool is full."""
@@ -35,3 +39,10 @@ class ArenaPool:
             self._free.append(arena)
             if len(self._free) > self.max_arenas:
                 self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].nbytes))
+
+
+def _fresh(nbytes: int) -> np.ndarray:
+    memory = mmap.mmap(-1, nbytes)
+    with contextlib.suppress(AttributeError, OSError):  # no madvise, or THP off: 4 KiB pages
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(memory, dtype=np.uint8)

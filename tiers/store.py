@@ -300,9 +300,10 @@ class TieredStore:
         A block served from a tier named in ``locate`` (one that ``locates``: a host slab,
         a shared GPU slab) is not copied: its ``Location`` there comes back instead (its
         arena space stays unused), for the caller to send from, or a same-host client to
-        copy out of shared memory. With ``hold`` too, no
-        eviction or demotion takes the located blocks out of the slab until ``release``
-        (a delete still may: the page generations say so)."""
+        copy out of shared memory; so does a block this read promotes into such a tier (a
+        flash hit now in DRAM). The read evicts none of the blocks it locates; with ``hold``
+        no eviction or demotion takes them out of the slab until ``release`` either (a
+        delete still may: the page generations say so)."""
         return self._fetch(keys, memoryview(arena).cast("B"), locate, hold)
 
     def release(self, keys: Iterable[bytes]) -> None:
@@ -324,17 +325,38 @@ class TieredStore:
             out: list = [None] * len(plan)
             served = [-1] * len(plan)
             self._read_planned(plan, out, served, locate)
-            # Held before ``_account_reads`` promotes, which may evict from the same slab.
-            held = []
-            if hold:
-                held = [row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location)]
-                self._held.update(held)
+            # Held before ``_account_reads`` promotes, which may evict from the same slab:
+            # a read never evicts a block it located. Kept held after it only with ``hold``.
+            held = [row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location)]
+            self._held.update(held)
             try:
                 self._account_reads(plan, out, served)
+                promoted = self._locate_promoted(plan, out, served, locate)
+                self._held.update(promoted)
+                held += promoted
             except BaseException:
                 self.release(held)
                 raise
+            if not hold:
+                self.release(held)
         return out
+
+    def _locate_promoted(self, plan: list[tuple], out: list, served: list[int],
+                         locate: Collection[str]) -> list[bytes]:
+        """Blocks a read just promoted into a tier named in ``locate`` answer where they now
+        lie, as that tier's own hits do: a same-host client copies a flash hit out of shared
+        memory instead of receiving it over the socket. Their keys."""
+        top = self._tiers[0].tier
+        if top.name not in locate:
+            return []
+        rows = [i for i, (_, meta, _) in enumerate(plan)
+                if served[i] > 0 and meta.tiers & 1 and not isinstance(out[i], Location)]
+        keys = [plan[i][0] for i in rows]
+        located = top.locate_many(keys)
+        for i, where in zip(rows, located, strict=True):
+            if where is not None:
+                out[i] = where
+        return [key for key, where in zip(keys, located, strict=True) if where is not None]
 
     def _account_reads(self, plan: list[tuple], out: list, served: list[int]) -> None:
         """After ``_read_planned``: retry failed copies, count hits and misses, promote,

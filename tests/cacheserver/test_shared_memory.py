@@ -61,6 +61,19 @@ def test_blocks_outside_dram_arrive_inline(serve_factory):
         assert c.counters.bytes_received > (12 - in_dram) * 200_000  # the flash ones came inline
 
 
+def test_a_flash_hit_is_promoted_and_copied_out_of_shared_memory(served):
+    blocks = chain("from-flash", 4, size=100_000)
+    with CacheClient(served.unix_url) as c:
+        assert c.put(blocks) == 4
+    served.restart()  # SIGTERM persists DRAM to flash; the new process starts with DRAM empty
+    with CacheClient(served.unix_url) as c:
+        assert c.lookup(keys_of(blocks)) == ["flash"] * 4
+        assert [bytes(g) for g in c.get(keys_of(blocks))] == [b[3] for b in blocks]
+        assert c.counters.mapped_bytes == 4 * 100_000
+        assert c.counters.bytes_received < 2_000  # no payload crossed the socket
+        assert c.lookup(keys_of(blocks)) == ["dram"] * 4
+
+
 def test_a_block_moved_while_it_was_copied_is_refused_not_served_mixed(served):
     """The seqlock, step by step: locate a block, make the service free its pages and write
     another block there, then copy: the copy is recognised as stale."""

@@ -3,9 +3,11 @@ import time
 
 import pytest
 
-from tests.tiers.conftest import BLOCK, chain, one, payload_for
-from tiers.base import Block, PayloadSizeError, StoreFullError, UnknownBlockError, make_block
+from tests.tiers.conftest import BLOCK, PAGE, chain, one, payload_for
+from tiers.base import Block, Location, PayloadSizeError, StoreFullError, UnknownBlockError, make_block
+from tiers.flash import FlashTier
 from tiers.metadata import MetadataTier
+from tiers.slab import dram_tier
 from tiers.store import TieredStore
 
 
@@ -116,6 +118,26 @@ def test_get_into_copies_into_the_arena(make_store):
     assert views[1] is None
     assert bytes(views[0]) == blocks[0].payload and bytes(views[2]) == blocks[1].payload
     assert bytes(arena[: 2 * BLOCK]) == blocks[0].payload + blocks[1].payload
+
+
+def test_a_read_locates_what_it_promotes_and_evicts_nothing_it_located(tmp_path):
+    """A flash hit promoted into the located DRAM tier answers where it now lies (a same-host
+    client copies it from there); the promotion may not evict the read's own DRAM hits."""
+    dram = dram_tier(2 * PAGE, PAGE)
+    store = TieredStore([dram, FlashTier(str(tmp_path / "flash"), 8 * (4096 + 64))], policy="lru")
+    a, b, c, d, e, f = (one(n) for n in "abcdef")
+    for block in (a, b, c, d):
+        store.put([block])  # a and b demoted to flash; DRAM holds c and d
+    got = store.get_into([a.key, c.key, d.key], bytearray(3 * BLOCK), locate=("dram",))
+    assert [type(g) for g in got] == [memoryview, Location, Location]  # no room for a
+    assert bytes(got[0]) == a.payload and store.lookup([a.key]) == ["flash"]
+    got = store.get_into([a.key], bytearray(BLOCK), locate=("dram",))
+    assert isinstance(got[0], Location) and store.lookup([a.key]) == ["dram"]
+    assert b"".join(dram.view(got[0])) == a.payload
+    assert bytes(store.get_into([b.key], bytearray(BLOCK))[0]) == b.payload  # nothing located
+    store.put([e, f])  # the reads held nothing past themselves: both DRAM blocks make room
+    assert store.lookup([e.key, f.key]) == ["dram"] * 2
+    store.close(persist=False)
 
 
 def test_write_through_puts_in_both_tiers(make_store):
