@@ -103,20 +103,23 @@ def pool_blocks(args: argparse.Namespace, block_size: int) -> int:
     return 2 * -(-(most + WARMUP_TOKENS) // block_size) + 8
 
 
+def stored_bytes(page_bytes: int) -> int:
+    """What one block takes in a service's DRAM: whole pages."""
+    from cacheserver.config import ServeConfig
+
+    page = ServeConfig().page_kb << 10
+    return -(-page_bytes // page) * page
+
+
 def service_settings(args: argparse.Namespace, page_bytes: int, block_size: int, socket: str) -> dict:
     """``kvtier serve`` settings whose DRAM holds twice every block the run writes (once
     written, once promoted back from flash after a restart), and flash as much again."""
     prompts = 1 + 5 * args.repeats + num_chats(args.repeats) * args.turns
     tokens = WARMUP_TOKENS + args.repeats * (args.system_tokens + 5 * args.question_tokens) \
         + num_chats(args.repeats) * (args.turns + 1) * (TURN_USER_TOKENS + TURN_REPLY_TOKENS)
-    from cacheserver.config import ServeConfig
-
     blocks = -(-tokens // block_size) + prompts  # a partial block per prompt, rounded up
-    page = ServeConfig().page_kb << 10  # a block takes whole pages of the service's DRAM
-    stored = -(-page_bytes // page) * page
-    dram = 2 * blocks * stored + (64 << 20)
-    return {"unix_socket": socket, "dram_gb": round(dram / 2**30, 4), "flash_gb": round(2 * dram / 2**30, 4),
-            "hbm_service_dram_gb": round(4 * stored / 2**30, 6)}
+    dram = 2 * blocks * stored_bytes(page_bytes) + (64 << 20)
+    return {"unix_socket": socket, "dram_gb": round(dram / 2**30, 4), "flash_gb": round(2 * dram / 2**30, 4)}
 
 
 # -- engines ----------------------------------------------------------------------------
@@ -361,7 +364,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kvtier-ttft-") as tmp:
         socket = str(Path(tmp) / "data.sock")
         settings = service_settings(args, page_bytes, block_size, socket)
-        with services(Path(tmp), settings, args.device) as (service, hbm_settings):
+        hbm_dram_gb = round(4 * stored_bytes(page_bytes) / 2**30, 6)  # 4 blocks: the rest goes to HBM
+        with services(Path(tmp), settings, args.device, hbm_dram_gb) as (service, hbm_settings):
             result |= {"engine_num_blocks": num_blocks,
                        "service": {k: settings[k] for k in ("dram_gb", "flash_gb")}}
             hbm_socket = None
@@ -394,20 +398,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def services(tmp: Path, settings: dict, device: str):
-    """The service (``settings``), and on CUDA the HBM case's: its DRAM a few blocks
-    (``hbm_service_dram_gb``), its HBM as large as the other's DRAM, no flash. Yields the
-    first and the second's settings (``None`` off CUDA); both stop on exit."""
+def services(tmp: Path, settings: dict, device: str, hbm_dram_gb: float):
+    """The service (``settings``), and on CUDA the HBM case's: its DRAM ``hbm_dram_gb``,
+    its HBM as large as the other's DRAM, no flash. Yields the first and the second's
+    settings (``None`` off CUDA); both stop on exit."""
     from cacheserver.process import ServiceProcess
 
-    hbm_dram = settings.pop("hbm_service_dram_gb")
     with contextlib.ExitStack() as stack:
         service = ServiceProcess(tmp, settings).start()
         stack.callback(service.stop)
         hbm_settings = None
         if device == "cuda":
             (tmp / "hbm").mkdir()
-            hbm_settings = {"unix_socket": str(tmp / "hbm" / "data.sock"), "dram_gb": hbm_dram,
+            hbm_settings = {"unix_socket": str(tmp / "hbm" / "data.sock"), "dram_gb": hbm_dram_gb,
                             "hbm_gb": settings["dram_gb"], "flash_gb": 0}
             stack.callback(ServiceProcess(tmp / "hbm", hbm_settings).start().stop)
         yield service, hbm_settings
