@@ -4,10 +4,9 @@ together.
 Signals are handled here, in the main thread: SIGTERM or SIGINT stops the listeners, lets
 the data plane finish what is in flight, stops the REST server, then persists the store
 (volatile blocks copied to flash, LMDB synced) and closes it. Both are blocked in every
-thread from the start (a thread inherits the mask of the one that starts it) and taken by
-the main thread's ``sigtimedwait``, so a stop begins the moment one arrives, also while
-the store is still being built. uvicorn runs in a thread of its own so its signal handling
-stays out of the way.
+other thread (a thread inherits the mask of the one that starts it), so they reach the
+main thread, whose wait they cut short: a stop begins the moment one arrives. uvicorn runs
+in a thread of its own so its signal handling stays out of the way.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 class Service:
     def __init__(self, config: ServeConfig):
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # before any thread starts
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # before any thread starts: see run
         self.config = config
         keep_freed_buffers()
         built = build_store(config)
@@ -51,13 +50,19 @@ class Service:
         self.rest = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
                                                   log_config=None, lifespan="off"))
         self._rest_thread = threading.Thread(target=self.rest.run, name="kvtier-rest", daemon=True)
+        self._stop = threading.Event()
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda *_: self._stop.set())
         self.data_server.start()
         self._rest_thread.start()
+        # Every thread is started: only this one takes the signals now (one that came
+        # meanwhile is taken here), so each interrupts the wait below at once.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self._announce()
-        while signal.sigtimedwait(STOP_SIGNALS, 0.5) is None:
+        while not self._stop.wait(0.5):
             if not self._rest_thread.is_alive():
                 log.error("the REST server stopped on its own (is port %d free?)", self.config.port)
                 self.shutdown()
