@@ -309,8 +309,12 @@ class TieredStore:
     def release(self, keys: Iterable[bytes]) -> None:
         """End the hold ``get_into(..., hold=True)`` put on these located blocks."""
         with self._lock:
-            self._held.subtract(keys)
-            self._held = +self._held  # drop keys no longer held
+            held = self._held
+            for key in keys:
+                if held[key] > 1:
+                    held[key] -= 1
+                else:
+                    held.pop(key, None)  # no longer held
 
     def _fetch(self, keys: Sequence[bytes], arena: memoryview | None, locate: Collection[str] = (),
                hold: bool = False) -> list:
@@ -337,7 +341,7 @@ class TieredStore:
             except BaseException:
                 self.release(held)
                 raise
-            if not hold:
+            if held and not hold:
                 self.release(held)
         return out
 
