@@ -49,9 +49,23 @@ class BlockShape:
         return [f"model.layers.{i}.self_attn.attn" for i in range(self.layers)]
 
 
-def make_worker(folder: Path, url: str, shape: BlockShape, num_blocks: int, timeout_s: float):
-    """The worker-side connector and its KV tensors (``{layer: [num_blocks, heads,
-    block_size, K+V]}``), built as in a vLLM worker: config, ``allocate_kv_cache``, register."""
+def tiny_llama(folder: Path, shape: BlockShape, max_len: int) -> str:
+    """A Llama's config.json in ``folder``, with ``shape``'s layers and heads: all vLLM reads
+    of a model here (no weights, no tokenizer). Returns the folder, for ``ModelConfig``."""
+    hidden = shape.heads * shape.head_size
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": 2 * hidden, "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.heads, "num_hidden_layers": shape.layers, "vocab_size": 256,
+        "max_position_embeddings": max_len, "rms_norm_eps": 1e-5,
+        "torch_dtype": str(shape.dtype).removeprefix("torch.")}))
+    return str(folder)
+
+
+def vllm_config(model_dir: str, url: str, shape: BlockShape, max_len: int, *, max_num_seqs: int = 1,
+                policy: str = "recompute", extra: dict | None = None):
+    """vLLM's config for a replica, with ``KvtierConnector`` loaded by module path, as ``vllm
+    serve --kv-transfer-config`` does (``extra``: the connector's settings beside ``url``)."""
     from vllm.config import (
         CacheConfig,
         DeviceConfig,
@@ -60,43 +74,52 @@ def make_worker(folder: Path, url: str, shape: BlockShape, num_blocks: int, time
         SchedulerConfig,
         VllmConfig,
     )
-    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+
+    transfer = KVTransferConfig(
+        kv_connector="KvtierConnector", kv_connector_module_path="clients.vllm_connector", kv_role="kv_both",
+        kv_load_failure_policy=policy, kv_connector_extra_config={"url": url, **(extra or {})})
+    return VllmConfig(
+        model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True,
+                                 dtype=str(shape.dtype).removeprefix("torch."), max_model_len=max_len),
+        scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_len,
+                                         max_model_len=max_len, is_encoder_decoder=False),
+        cache_config=CacheConfig(block_size=shape.block_size, enable_prefix_caching=True),
+        device_config=DeviceConfig("cpu"), kv_transfer_config=transfer)
+
+
+def kv_cache_config(shape: BlockShape, num_blocks: int, layout):
+    """One KV tensor for every layer, laid out as ``layout`` (a ``KVCacheLayout``) says:
+    LBHNC, each layer one region of ``num_blocks`` pages; BLHNC, each block every layer's page."""
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec, KVCacheTensor
+    from vllm.v1.kv_cache_layout import KVCacheLayout
+
+    spec = FullAttentionSpec(block_size=shape.block_size, num_kv_heads=shape.heads, head_size=shape.head_size,
+                             dtype=shape.dtype)
+    page = spec.page_size_bytes
+    layer_stride, block_stride = {KVCacheLayout.LBHNC: (page * num_blocks, page),
+                                  KVCacheLayout.BLHNC: (page, page * shape.layers)}[layout]
+    tensor = KVCacheTensor(size=page * num_blocks * shape.layers, layers=shape.layer_names,
+                           layer_stride=layer_stride, block_stride=block_stride)
+    return KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[tensor], kv_cache_layout=layout.name,
+                         kv_cache_groups=[KVCacheGroupSpec(shape.layer_names, spec)])
+
+
+def make_worker(folder: Path, url: str, shape: BlockShape, num_blocks: int, timeout_s: float):
+    """The worker-side connector and its KV tensors (``{layer: [num_blocks, heads,
+    block_size, K+V]}``), built as in a vLLM worker: config, ``allocate_kv_cache``, register."""
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
     from vllm.v1.kv_cache_layout import KVCacheLayout
     from vllm.v1.worker.utils import allocate_kv_cache
 
     from clients.vllm_connector import KvtierConnector
 
-    dtype = str(shape.dtype).removeprefix("torch.")
-    # All vLLM reads of a model here: its config.json (no weights, no tokenizer).
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": shape.heads * shape.head_size, "intermediate_size": 64,
-        "num_attention_heads": shape.heads, "num_key_value_heads": shape.heads,
-        "num_hidden_layers": shape.layers, "vocab_size": 256, "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5, "torch_dtype": dtype}))
-    transfer = KVTransferConfig(
-        kv_connector="KvtierConnector", kv_connector_module_path="clients.vllm_connector", kv_role="kv_both",
-        kv_load_failure_policy="recompute", kv_connector_extra_config={"url": url, "timeout_s": timeout_s})
     max_len = num_blocks * shape.block_size
-    config = VllmConfig(
-        model_config=ModelConfig(model=str(folder), skip_tokenizer_init=True, dtype=dtype,
-                                 max_model_len=max_len),
-        scheduler_config=SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=max_len,
-                                         max_model_len=max_len, is_encoder_decoder=False),
-        cache_config=CacheConfig(block_size=shape.block_size, enable_prefix_caching=True),
-        device_config=DeviceConfig("cpu"), kv_transfer_config=transfer)
+    model = tiny_llama(folder, shape, max_len)
+    config = vllm_config(model, url, shape, max_len, extra={"timeout_s": timeout_s})
     config.cache_config.num_gpu_blocks = num_blocks
-    spec = FullAttentionSpec(block_size=shape.block_size, num_kv_heads=shape.heads, head_size=shape.head_size,
-                             dtype=shape.dtype)
-    page = spec.page_size_bytes  # LBHNC: each layer one region of num_blocks pages
-    tensor = KVCacheTensor(size=page * num_blocks * shape.layers, layers=shape.layer_names,
-                           layer_stride=page * num_blocks, block_stride=page)
-    kv_cache_config = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[tensor],
-                                    kv_cache_groups=[KVCacheGroupSpec(shape.layer_names, spec)],
-                                    kv_cache_layout=KVCacheLayout.LBHNC.name)
-    worker = KvtierConnector(config, KVConnectorRole.WORKER, kv_cache_config)
-    kv_caches = allocate_kv_cache(kv_cache_config, torch.device("cpu"), KVCacheLayout.LBHNC)
+    kv_config = kv_cache_config(shape, num_blocks, KVCacheLayout.LBHNC)
+    worker = KvtierConnector(config, KVConnectorRole.WORKER, kv_config)
+    kv_caches = allocate_kv_cache(kv_config, torch.device("cpu"), KVCacheLayout.LBHNC)
     worker.register_kv_caches(kv_caches)
     return worker, [kv_caches[name] for name in shape.layer_names]
 

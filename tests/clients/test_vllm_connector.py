@@ -11,7 +11,6 @@ Sizes: block size 4, 2 layers, 2 KV heads, head size 8, 16 blocks. Replica 1 ser
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 
@@ -20,38 +19,30 @@ import pytest
 import torch
 import vllm
 from vllm import SamplingParams
-from vllm.config import CacheConfig, DeviceConfig, KVTransferConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 from vllm.utils.hashing import sha256
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec, KVCacheTensor
 from vllm.v1.kv_cache_layout import KVCacheLayout
 from vllm.v1.outputs import KVConnectorOutput, ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 from vllm.v1.worker.utils import allocate_kv_cache
 
+from benchmarks.plugins_vllm import BlockShape, kv_cache_config, tiny_llama, vllm_config
 from clients.vllm_connector import KvtierConnector
 
-BLOCK_SIZE, NUM_BLOCKS, NUM_LAYERS = 4, 16, 2
-LAYERS = [f"model.layers.{i}.self_attn.attn" for i in range(NUM_LAYERS)]
-SPEC = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=2, head_size=8, dtype=torch.float32)
+BLOCK_SIZE, NUM_BLOCKS = 4, 16
+SHAPE = BlockShape(block_size=BLOCK_SIZE, layers=2, heads=2, head_size=8, dtype=torch.float32)
+LAYERS = SHAPE.layer_names
 PROMPT = [101, 7, 8, 9, 10, 11, 12, 13, 14, 15]  # 2 full blocks and 2 tokens
 SAMPLED = [20, 21, 22]  # replica 1's output: its KV fills block 2 (tokens 8..11)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny Llama's config.json: all vLLM reads of a model here (no weights, no tokenizer)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16,
-              "intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2,
-              "num_hidden_layers": NUM_LAYERS, "vocab_size": 256, "max_position_embeddings": 128,
-              "rms_norm_eps": 1e-5, "torch_dtype": "float32"}
-    (folder / "config.json").write_text(json.dumps(config))
     init_none_hash(sha256)
-    return str(folder)
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), SHAPE, 128)
 
 
 class Replica:
@@ -60,13 +51,13 @@ class Replica:
     def __init__(self, model_dir: str, url: str, layout: KVCacheLayout, device: str):
         self.config = _vllm_config(model_dir, url, extra={"timeout_s": 0.5})
         self.config.cache_config.num_gpu_blocks = NUM_BLOCKS
-        kv_cache_config = _kv_cache_config(layout)
-        self.scheduler = Scheduler(self.config, kv_cache_config, StructuredOutputManager(self.config),
+        cache_layout = kv_config(layout)
+        self.scheduler = Scheduler(self.config, cache_layout, StructuredOutputManager(self.config),
                                    block_size=BLOCK_SIZE)
         self.connector: KvtierConnector = self.scheduler.connector
-        self.worker = KvtierConnector(self.config, KVConnectorRole.WORKER, kv_cache_config)
+        self.worker = KvtierConnector(self.config, KVConnectorRole.WORKER, cache_layout)
         # kv[layer]: [NUM_BLOCKS, heads, BLOCK_SIZE, K+V] views, strided as ``layout`` says
-        kv_caches = allocate_kv_cache(kv_cache_config, torch.device("cpu"), layout)
+        kv_caches = allocate_kv_cache(cache_layout, torch.device("cpu"), layout)
         if device != "cpu":  # dense [NUM_BLOCKS, heads, BLOCK_SIZE, K+V] copies on the device
             kv_caches = {name: kv.to(device) for name, kv in kv_caches.items()}
         self.worker.register_kv_caches(kv_caches)
@@ -115,15 +106,8 @@ class Replica:
             self.kv = []
 
 
-def _kv_cache_config(layout: KVCacheLayout) -> KVCacheConfig:
-    page = SPEC.page_size_bytes
-    # LBHNC: each layer one region; BLHNC: each block holds every layer's page
-    strides = {KVCacheLayout.LBHNC: (page * NUM_BLOCKS, page), KVCacheLayout.BLHNC: (page, page * NUM_LAYERS)}
-    layer_stride, block_stride = strides[layout]
-    tensor = KVCacheTensor(size=page * NUM_BLOCKS * NUM_LAYERS, layers=LAYERS, layer_stride=layer_stride,
-                           block_stride=block_stride)
-    return KVCacheConfig(num_blocks=NUM_BLOCKS, kv_cache_tensors=[tensor],
-                         kv_cache_groups=[KVCacheGroupSpec(LAYERS, SPEC)], kv_cache_layout=layout.name)
+def kv_config(layout: KVCacheLayout):
+    return kv_cache_config(SHAPE, NUM_BLOCKS, layout)
 
 
 @pytest.fixture
@@ -255,20 +239,8 @@ def test_refuses_settings_that_would_fail_requests(model_dir, served, monkeypatc
 
 def _connector(model_dir: str, url: str, **settings) -> KvtierConnector:
     config = _vllm_config(model_dir, url, **settings)
-    return KvtierConnector(config, KVConnectorRole.SCHEDULER, _kv_cache_config(KVCacheLayout.LBHNC))
+    return KvtierConnector(config, KVConnectorRole.SCHEDULER, kv_config(KVCacheLayout.LBHNC))
 
 
 def _vllm_config(model_dir: str, url: str, policy: str = "recompute", extra: dict | None = None):
-    """vLLM's config for a replica: the connector loaded by module path, as ``vllm serve`` does."""
-    transfer = KVTransferConfig(
-        kv_connector="KvtierConnector", kv_connector_module_path="clients.vllm_connector", kv_role="kv_both",
-        kv_load_failure_policy=policy, kv_connector_extra_config={"url": url, **(extra or {})})
-    return VllmConfig(
-        model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="float32",
-                                 max_model_len=64),
-        scheduler_config=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64,
-                                         is_encoder_decoder=False),
-        cache_config=CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=True),
-        device_config=DeviceConfig("cpu"),
-        kv_transfer_config=transfer,
-    )
+    return vllm_config(model_dir, url, SHAPE, 64, max_num_seqs=4, policy=policy, extra=extra)
