@@ -137,6 +137,7 @@ class Tier(ABC):
     locates: bool = False  # answers ``locate_many`` (a host slab, or a shared GPU slab)
     shared: bool = False  # other processes on this host may map its memory (``tiers.sharedmem``)
     on_gpu: bool = False  # its memory is a GPU's (a located block there cannot be sent from)
+    reserves: bool = False  # put_many takes a block without payload: its pages, filled via view()
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
         """Where each block lies in the tier's memory (to send from, or for a same-host

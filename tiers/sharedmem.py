@@ -47,8 +47,7 @@ class SharedRegion:
         self._fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.ftruncate(self._fd, nbytes)
-            # MAP_POPULATE commits every page now: no page faults while serving.
-            self._map = mmap.mmap(self._fd, nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            self._map = _populated(self._fd, nbytes)
         except OSError:
             os.close(self._fd)
             raise
@@ -64,6 +63,20 @@ class SharedRegion:
         with contextlib.suppress(BufferError):  # views still alive: the mapping goes with them
             self._map.close()
         os.close(self._fd)
+
+
+def _populated(fd: int, nbytes: int) -> mmap.mmap:
+    """A shared mapping with every page committed now: no page faults while serving.
+    ``MADV_POPULATE_WRITE`` (Linux 5.14) maps them writable; ``MAP_POPULATE``, the
+    fallback, maps a shared mapping's pages for reading only, so each page's first write
+    still faults, which slows the first writes after a start."""
+    mapping = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
+    try:
+        mapping.madvise(getattr(mmap, "MADV_POPULATE_WRITE", 23))  # named from Python 3.13
+        return mapping
+    except OSError:  # an older kernel: EINVAL
+        mapping.close()
+        return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
 
 
 def unchanged(generations: np.ndarray, page_size: int, located: list) -> np.ndarray:

@@ -91,6 +91,7 @@ class SlabTier(Tier):
         self._gens = (self._region(f"kvtier-{name}-gens", 8 * num_pages).view(np.uint64) if shared
                       else np.zeros(num_pages, dtype=np.uint64))
         self.locates = not on_gpu or shared
+        self.reserves = not on_gpu
         self._host_view = None if on_gpu else memoryview(self._host)
         self._free = ExtentAllocator(num_pages)
         self._blocks: dict[bytes, tuple[int, list[tuple[int, int]]]] = {}  # key -> (size, runs)
@@ -175,7 +176,8 @@ class SlabTier(Tier):
             if b.key in self._blocks:
                 continue
             runs = self._free.allocate(-(-b.size // self.page_size))
-            self._write(runs, b.payload)
+            if b.payload is not None:  # None: the caller fills the pages (``reserves``)
+                self._write(runs, b.payload)
             self._blocks[b.key] = (b.size, runs)
 
     def _write(self, runs: list[tuple[int, int]], payload: Payload) -> None:

@@ -55,6 +55,8 @@ from tiers.victims import LEAF_SCAN_LIMIT, leaves_first
 
 log = logging.getLogger(__name__)
 
+_DEFERRED = object()  # a read's block to be promoted in place (``_promote_in_place``)
+
 # Share of a tier's blocks evicted when its backing store is full before its byte count.
 _MAP_FULL_SHARE = 1 / 16
 # Most of the time the background learner may take (``_learn_loop``).
@@ -328,12 +330,17 @@ class TieredStore:
             plan = self._plan_reads(keys, arena)
             out: list = [None] * len(plan)
             served = [-1] * len(plan)
-            self._read_planned(plan, out, served, locate)
-            # Held before ``_account_reads`` promotes, which may evict from the same slab:
-            # a read never evicts a block it located. Kept held after it only with ``hold``.
+            top = self._tiers[0].tier
+            in_place = self.promote_on_read and arena is not None and top.name in locate and top.reserves
+            self._read_planned(plan, out, served, locate, defer=in_place)
+            # Held before any promotion, which may evict from the same slab: a read never
+            # evicts a block it located. Kept held after the read only with ``hold``.
             held = [row[0] for row, r in zip(plan, out, strict=True) if isinstance(r, Location)]
             self._held.update(held)
             try:
+                promoted = self._promote_in_place(plan, out, served)
+                self._held.update(promoted)  # before other promotions, which may evict
+                held += promoted
                 self._account_reads(plan, out, served)
                 promoted = self._locate_promoted(plan, out, served, locate)
                 self._held.update(promoted)
@@ -414,9 +421,11 @@ class TieredStore:
         return plan
 
     def _read_planned(self, plan: list[tuple], out: list, served: list[int],
-                      locate: Collection[str] = ()) -> None:
+                      locate: Collection[str] = (), defer: bool = False) -> None:
         """Read each planned block from its fastest tier, one batched call per tier (or
-        say where it lies, for the tiers named in ``locate``)."""
+        say where it lies, for the tiers named in ``locate``). With ``defer``, a block below
+        the top tier that a read promotes is not read here but marked ``_DEFERRED``, for
+        ``_promote_in_place``."""
         by_tier: dict[int, list[int]] = {}
         for i, (_, meta, _) in enumerate(plan):
             if meta is not None:
@@ -430,22 +439,75 @@ class TieredStore:
                     if where is not None:
                         out[i], served[i] = where, t
                 rows = [i for i, where in zip(planned, located, strict=True) if where is None]
-                if not rows:
+            if defer and t > 0:
+                for i in rows:
+                    if plan[i][1].pinned != t:
+                        out[i], served[i] = _DEFERRED, t
+                rows = [i for i in rows if out[i] is None]
+            if rows:
+                self._read_rows(t, rows, plan, out, served, dests=[plan[i][2] for i in rows])
+
+    def _read_rows(self, t: int, rows: list[int], plan: list[tuple], out: list, served: list[int], *,
+                   dests: list[memoryview | None]) -> None:
+        """Read the rows' blocks from tier ``t`` into ``dests`` (``None``: as new bytes)."""
+        tier = self._tiers[t].tier
+        keys = [plan[i][0] for i in rows]
+        corrupt_before = tier.corrupt_reads
+        if dests[0] is None:
+            payloads = [tier.get(k) for k in keys]
+        else:
+            sizes = tier.read_many_into(keys, dests)
+            payloads = [None if n < 0 else d[:n] for d, n in zip(dests, sizes, strict=True)]
+        self.counters.checksum_failures += tier.corrupt_reads - corrupt_before
+        for i, payload in zip(rows, payloads, strict=True):
+            if payload is not None:
+                out[i], served[i] = payload, t
+            else:  # the tier lost or refused its copy: lower tiers may have one
+                key, meta, _ = plan[i]
+                out[i], served[i] = None, -1
+                self._lose_copy(t, key, meta)
+
+    def _promote_in_place(self, plan: list[tuple], out: list, served: list[int]) -> list[bytes]:
+        """The ``_DEFERRED`` blocks: placed in the top tier first, then read from their tier
+        straight into their new pages (one copy, none into the arena) and answered by their
+        location there. A block that finds no room is read into the arena as usual; one
+        whose copy fails to read leaves the top tier again (``None``: ``_account_reads``
+        tries the tiers below). Returns the keys located."""
+        rows = [i for i, r in enumerate(out) if r is _DEFERRED]
+        if not rows:
+            return []
+        top = self._tiers[0]
+        self._moving = {plan[i][0] for i in rows}
+        try:
+            self._place(0, [Block(key, meta.parent, meta.depth, None, meta.size) for key, meta, _ in
+                            (plan[i] for i in rows)])
+        finally:
+            self._moving = set()
+        located = []
+        for t in sorted({served[i] for i in rows}):
+            group = [i for i in rows if served[i] == t]
+            wheres = top.tier.locate_many([plan[i][0] for i in group])
+            views = [top.tier.view(w) if w is not None else [] for w in wheres]
+            # One run (nearly every block): straight into its page; several: via the arena.
+            dests = [v[0] if len(v) == 1 else plan[i][2] for i, v in zip(group, views, strict=True)]
+            self._read_rows(t, group, plan, out, served, dests=dests)
+            for i, where, segments in zip(group, wheres, views, strict=True):
+                key, meta, _ = plan[i]
+                if where is None:  # no room: it stays in the arena
                     continue
-            keys = [plan[i][0] for i in rows]
-            corrupt_before = tier.corrupt_reads
-            if plan[rows[0]][2] is None:
-                payloads = [tier.get(k) for k in keys]
-            else:
-                sizes = tier.read_many_into(keys, [plan[i][2] for i in rows])
-                payloads = [None if n < 0 else plan[i][2][:n] for i, n in zip(rows, sizes, strict=True)]
-            self.counters.checksum_failures += tier.corrupt_reads - corrupt_before
-            for i, payload in zip(rows, payloads, strict=True):
-                if payload is not None:
-                    out[i], served[i] = payload, t
-                else:  # the tier lost or refused its copy: lower tiers may have one
-                    key, meta, _ = plan[i]
-                    self._lose_copy(t, key, meta)
+                if out[i] is None:  # unreadable: its pages go again
+                    self._delete_from(0, [key])
+                    self._lose_copy(0, key, meta)
+                    continue
+                if len(segments) > 1:
+                    at = 0
+                    for seg in segments:
+                        seg[:] = out[i][at : at + seg.nbytes]
+                        at += seg.nbytes
+                out[i] = where
+                located.append(key)
+        top.counters.promotions += len(located)
+        return located
 
     def _read(self, key: bytes, meta: BlockMeta, dest: memoryview | None = None):
         """``(payload, tier index)`` from the fastest tier that can produce it, dropping

@@ -140,6 +140,56 @@ def test_a_read_locates_what_it_promotes_and_evicts_nothing_it_located(tmp_path)
     store.close(persist=False)
 
 
+def _dram_and_flash(folder, dram_pages: int):
+    dram = dram_tier(dram_pages * PAGE, PAGE)
+    return dram, TieredStore([dram, FlashTier(str(folder), 16 * (4096 + 64))], policy="lru")
+
+
+def test_a_promoted_flash_hit_is_read_straight_into_its_dram_pages(tmp_path):
+    """With DRAM located, a flash hit is read into the pages its promotion takes, none of
+    it into the arena; a block that lands in two runs goes through the arena and whole."""
+    dram, store = _dram_and_flash(tmp_path / "flash", 4)
+    wide = make_block(one("w").key, one("p").key, 0, bytes(range(256)) * 7 + b"w" * 208)  # 2 pages
+    x, y, z = one("x"), one("y"), one("z")
+    for block in (wide, x, y, z):
+        store.put([block])  # z evicts wide (2 pages) to flash, and takes the first of them
+    store.delete([y.key])  # the free pages are two runs now: wide's second one, and y's
+    assert store.lookup([wide.key]) == ["flash"]
+    arena = bytearray(b"\xee" * 3000)
+    [where] = store.get_into([wide.key], arena, locate=("dram",))
+    assert len(where.segments) == 2 and b"".join(dram.view(where)) == wide.payload
+    store.close(persist=False)
+
+    dram, store = _dram_and_flash(tmp_path / "flash2", 2)
+    a, b, c = one("a"), one("b"), one("c")
+    for block in (a, b, c):
+        store.put([block])  # a evicted to flash
+    arena[:] = b"\xee" * 3000
+    [where] = store.get_into([a.key], arena, locate=("dram",))
+    assert b"".join(dram.view(where)) == a.payload and store.lookup([a.key, b.key]) == ["dram", "flash"]
+    assert arena == bytearray(b"\xee" * 3000)  # one run: from flash straight into its page
+    assert store.stats()["tiers"][0]["promotions"] == 1
+    store.close(persist=False)
+
+
+def test_a_flash_record_that_fails_its_checksum_leaves_no_dram_page_behind(tmp_path):
+    dram, store = _dram_and_flash(tmp_path / "flash", 2)
+    a = make_block(one("a").key, one("p").key, 0, b"\xab" * 600 + b"\xcd" * 400)
+    store.put([a])
+    store.close()  # persists a to flash
+    data = tmp_path / "flash" / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    raw[raw.find(b"\xab" * 600) + 100] ^= 0x01
+    data.write_bytes(bytes(raw))
+    dram, store = _dram_and_flash(tmp_path / "flash", 2)
+    assert store.get_into([a.key], bytearray(BLOCK), locate=("dram",)) == [None]
+    assert a.key not in store and store.stats()["checksum_failures"] == 1
+    dram_stats = store.stats()["tiers"][0]
+    assert (dram_stats["blocks"], dram_stats["used_bytes"], dram_stats["promotions"]) == (0, 0, 0)
+    assert dram.describe()["free_pages"] == 2
+    store.close(persist=False)
+
+
 def test_write_through_puts_in_both_tiers(make_store):
     store = make_store(policy="lru", dram=4, flash=4, write_through=True)
     blocks = chain("w", 2)
