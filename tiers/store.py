@@ -506,7 +506,7 @@ class TieredStore:
                         at += seg.nbytes
                 out[i] = where
                 located.append(key)
-        top.counters.promotions += len(located)
+        top.counters.promotions += len(set(located))
         return located
 
     def _read(self, key: bytes, meta: BlockMeta, dest: memoryview | None = None):
@@ -674,7 +674,8 @@ class TieredStore:
         Places all of them if room can be made for all, else as many as fit one by one.
         """
         s = self._tiers[t]
-        blocks = [b for b in blocks if not self._index[b.key].tiers >> t & 1]
+        # A key twice in one call (a read that names a block twice) is placed once.
+        blocks = [b for b in {b.key: b for b in blocks}.values() if not self._index[b.key].tiers >> t & 1]
         if not blocks:
             return []
         need = sum(s.tier.footprint(b.size) for b in blocks)

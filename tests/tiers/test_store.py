@@ -172,6 +172,20 @@ def test_a_promoted_flash_hit_is_read_straight_into_its_dram_pages(tmp_path):
     store.close(persist=False)
 
 
+@pytest.mark.parametrize("locate", [(), ("dram",)], ids=["copied", "located"])
+def test_a_read_naming_a_flash_block_twice_promotes_it_once(tmp_path, locate):
+    dram, store = _dram_and_flash(tmp_path / "flash", 4)
+    blocks = [one(n) for n in "abcde"]  # a ends in flash, DRAM full
+    for block in blocks:
+        store.put([block])
+    got = store.get_into([blocks[0].key] * 2, bytearray(2 * BLOCK), locate=locate)
+    assert len(got) == 2 and all(g is not None for g in got)
+    stats = store.stats()["tiers"][0]
+    assert (stats["blocks"], stats["used_bytes"], stats["promotions"]) == (4, 4 * PAGE, 1)
+    assert dram.describe()["free_pages"] == 0  # the count and the slab agree
+    store.close(persist=False)
+
+
 def test_a_flash_record_that_fails_its_checksum_leaves_no_dram_page_behind(tmp_path):
     dram, store = _dram_and_flash(tmp_path / "flash", 2)
     a = make_block(one("a").key, one("p").key, 0, b"\xab" * 600 + b"\xcd" * 400)
