@@ -495,9 +495,10 @@ class TieredStore:
                 key, meta, _ = plan[i]
                 if where is None:  # no room: it stays in the arena
                     continue
-                if out[i] is None:  # unreadable: its pages go again
+                if out[i] is None:  # unreadable: its pages go again, uncounted
                     self._delete_from(0, [key])
                     self._lose_copy(0, key, meta)
+                    top.counters.bytes_in -= meta.size
                     continue
                 if len(segments) > 1:
                     at = 0

@@ -200,6 +200,7 @@ def test_a_flash_record_that_fails_its_checksum_leaves_no_dram_page_behind(tmp_p
     assert a.key not in store and store.stats()["checksum_failures"] == 1
     dram_stats = store.stats()["tiers"][0]
     assert (dram_stats["blocks"], dram_stats["used_bytes"], dram_stats["promotions"]) == (0, 0, 0)
+    assert dram_stats["bytes_in"] == 0
     assert dram.describe()["free_pages"] == 2
     store.close(persist=False)
 
