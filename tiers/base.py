@@ -137,7 +137,7 @@ class Tier(ABC):
     locates: bool = False  # answers ``locate_many`` (a host slab, or a shared GPU slab)
     shared: bool = False  # other processes on this host may map its memory (``tiers.sharedmem``)
     on_gpu: bool = False  # its memory is a GPU's (a located block there cannot be sent from)
-    reserves: bool = False  # put_many takes a block without payload: its pages, filled via view()
+    reserves: bool = False  # put_many takes a block without payload: its pages, for fill or view
 
     def locate_many(self, keys: list[bytes]) -> list[Location | None]:
         """Where each block lies in the tier's memory (to send from, or for a same-host
@@ -149,6 +149,10 @@ class Tier(ABC):
         """The bytes at a location ``locate_many`` gave, a view per segment (valid while
         it is ``current``)."""
         raise NotImplementedError(f"{self.name} locates no blocks")
+
+    def fill(self, key: bytes, payload: Payload) -> None:
+        """Write the payload of a block ``put_many`` took without one (``reserves``)."""
+        raise NotImplementedError(f"{self.name} reserves no blocks")
 
     def current(self, located: list[Location]) -> list[bool]:
         """Whether each location still holds the block it was located for."""

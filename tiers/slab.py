@@ -180,6 +180,9 @@ class SlabTier(Tier):
                 self._write(runs, b.payload)
             self._blocks[b.key] = (b.size, runs)
 
+    def fill(self, key: bytes, payload: Payload) -> None:
+        self._write(self._blocks[key][1], payload)
+
     def _write(self, runs: list[tuple[int, int]], payload: Payload) -> None:
         parts = [np.frombuffer(p, dtype=np.uint8) for p in payload_parts(payload)]
         size = sum(p.size for p in parts)

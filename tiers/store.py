@@ -491,7 +491,7 @@ class TieredStore:
             # One run (nearly every block): straight into its page; several: via the arena.
             dests = [v[0] if len(v) == 1 else plan[i][2] for i, v in zip(group, views, strict=True)]
             self._read_rows(t, group, plan, out, served, dests=dests)
-            for i, where, segments in zip(group, wheres, views, strict=True):
+            for i, where, one_run in zip(group, wheres, (len(v) == 1 for v in views), strict=True):
                 key, meta, _ = plan[i]
                 if where is None:  # no room: it stays in the arena
                     continue
@@ -500,11 +500,8 @@ class TieredStore:
                     self._lose_copy(0, key, meta)
                     top.counters.bytes_in -= meta.size
                     continue
-                if len(segments) > 1:
-                    at = 0
-                    for seg in segments:
-                        seg[:] = out[i][at : at + seg.nbytes]
-                        at += seg.nbytes
+                if not one_run:
+                    top.tier.fill(key, out[i])
                 out[i] = where
                 located.append(key)
         top.counters.promotions += len(set(located))
