@@ -3,10 +3,11 @@
 One run starts a real ``kvtier serve`` and a real ``redis-server`` (installed with apt if
 missing), then for each block size and client count measures batches of ``--batch``
 blocks: get and put GB/s and per-batch p50/p99 latency, over kvtier TCP, kvtier Unix
-socket and Redis (redis-py, MGET and pipelined SETs, hiredis parser when installed), and a
-plain numpy copy of the same bytes into a preallocated buffer (the memory-bandwidth
-ceiling). The systems take turns in short rounds and the median round counts, so a noisy
-neighbour hurts them alike.
+socket and Redis (redis-py, MGET and pipelined SETs, hiredis parser when installed), and
+plain numpy copies of the same blocks into a preallocated buffer, over the threads that
+spread kvtier's own copies (``tiers.parallel``): the memory-bandwidth ceiling. The
+systems take turns in short rounds and the median round counts, so a noisy neighbour hurts
+them alike.
 
 ``get`` returns payloads in fresh buffers (like redis-py's MGET); ``get_into`` receives
 them into buffers the caller preallocated (as an engine's KV staging pages are), which
@@ -379,15 +380,25 @@ def bare_socket_workers(stack: ExitStack, folder: str, clients: int, data: Paylo
 
 
 def memcpy_workers(clients: int, data: Payloads) -> tuple[list, list]:
+    """Each block copied into a preallocated buffer, a batch of at least
+    ``tiers.parallel.MIN_SPREAD_BYTES`` over its threads, as the shared-memory clients copy."""
     import numpy as np
 
-    src = np.frombuffer(b"".join(data.blocks), dtype=np.uint8)
+    from tiers import parallel
+
     workers = []
     for _ in range(clients):
-        dst = np.empty_like(src)
+        dst = np.empty(data.batch_bytes, dtype=np.uint8)
         dst[:] = 1  # touch the pages once, as a preallocated buffer would be
-        workers.append(lambda dst=dst: np.copyto(dst, src))
+        pairs = [(dst[i * data.size : (i + 1) * data.size], block) for i, block in enumerate(data.blocks)]
+        workers.append(partial(parallel.each, _copy_pair, pairs, data.batch_bytes))
     return workers, []
+
+
+def _copy_pair(pair: tuple) -> None:
+    from tiers import parallel
+
+    parallel.copy(*pair)
 
 
 @dataclass(frozen=True)
@@ -469,6 +480,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from cacheserver.memory import keep_freed_buffers
+    from tiers import parallel
 
     # Both clients (kvtier's and redis-py) allocate block-sized buffers per reply; this
     # process keeps freed ones for reuse, as kvtier serve does (see cacheserver.memory).
@@ -502,7 +514,8 @@ def run(args: argparse.Namespace) -> int:
     report = {"batch_blocks": args.batch, "device": args.device, "systems": names, "results": results,
               "verdict": verdict(results),
               "machine": {"cpus": os.cpu_count(), "device": device, "torch": torch.__version__,
-                          "torch_threads": 1, "redis_parser": _redis_parser()}}
+                          "torch_threads": 1, "copy_threads": parallel.THREADS,
+                          "redis_parser": _redis_parser()}}
     print(render(report))
     if args.json:
         with open(args.json, "w") as f:

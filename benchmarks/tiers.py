@@ -3,13 +3,16 @@
 For each block size, the same payloads go through:
 
 - ``dram``: the ``TieredStore`` with a DRAM tier only (``get_into`` into a reused arena of
-  one batch, ``put`` of batches), beside ``memcpy``: a plain numpy copy of the same bytes
+  one batch, ``put`` of batches), beside ``memcpy``: plain numpy copies of the same bytes
   into a preallocated buffer of the same size (the memory-bandwidth limit);
 - ``flash``: the store with an LMDB flash tier only (checksummed records, one write
   transaction per batch), beside ``raw_lmdb``: plain LMDB get/put of the same values with
   no kvtier logic (the faster of a zero-copy read copied into the arena and a plain
   ``txn.get``), the flash limit;
 - ``hbm`` too where CUDA exists.
+
+A large batch's gets spread over the threads of ``tiers.parallel``; so do the ``memcpy``
+and ``raw_lmdb`` gets beside them, so each limit is what the same threads can do.
 
 Throughput is payload bytes over the median of several rounds. Ratios are what count:
 every figure is measured in the same process on the same bytes, moments apart.
@@ -198,15 +201,14 @@ class _RawLmdb:
                     txn.put(key, payload)
 
     def get(self) -> None:
-        """Zero-copy read, copied into the arena: what the store does, minus the store."""
+        """Zero-copy read, copied into the arena (over the store's copy threads): what the
+        store does, minus the store."""
         view = memoryview(self.w.arena)
+        size = self.w.data.shape[1]
         for s in self.w.batches:
             with self.env.begin(buffers=True) as txn:
-                offset = 0
-                for key in self.w.keys[s]:
-                    buf = txn.get(key)
-                    view[offset : offset + len(buf)] = buf
-                    offset += len(buf)
+                _copy_all([(view[j * size : (j + 1) * size], txn.get(key))
+                           for j, key in enumerate(self.w.keys[s])])
 
     def get_bytes(self) -> None:
         for s in self.w.batches:
@@ -236,12 +238,18 @@ class _Memcpy:
             self.sink[i] = np.frombuffer(payload, dtype=np.uint8)
 
     def get(self) -> None:
-        import numpy as np
-
         size = self.w.data.shape[1]
+        arena = memoryview(self.w.arena)
         for s in self.w.batches:
-            for j, i in enumerate(range(s.start, s.stop)):
-                np.copyto(self.w.arena[j * size : (j + 1) * size], self.w.data[i])
+            _copy_all([(arena[j * size : (j + 1) * size], self.w.data[i])
+                       for j, i in enumerate(range(s.start, s.stop))])
+
+
+def _copy_all(pairs: list[tuple]) -> None:
+    """Each ``(dest, src)`` copy, a large batch over ``tiers.parallel``'s threads as the store's."""
+    from tiers import parallel
+
+    parallel.each(lambda pair: parallel.copy(*pair), pairs, sum(len(dest) for dest, _ in pairs))
 
 
 def print_table(results: list[dict]) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clients.counters import ClientCounters
-from tiers import cuda_ipc
+from tiers import cuda_ipc, parallel
 from tiers.base import Location
 from tiers.sharedmem import fence, map_read_only, unchanged
 
@@ -92,7 +92,8 @@ class SharedSlab:
             arena = memoryview(np.empty(total, dtype=np.uint8)).cast("B")
         out: list[memoryview | str | None] = []
         located: list[int] = []
-        filled = 0
+        copies: list[tuple[memoryview, Location | memoryview]] = []
+        filled = nbytes = 0
         for i, r in enumerate(results):
             if r is None:
                 out.append(None)
@@ -109,19 +110,26 @@ class SharedSlab:
             if size > dest.nbytes:
                 raise ValueError(f"a {size} B block does not fit its {dest.nbytes} B buffer")
             if isinstance(r, Location):
-                done = 0
-                for start, n in r.segments:
-                    dest[done : done + n] = self.data[start : start + n]
-                    done += n
                 located.append(i)
-            else:
-                dest[:size] = r
+            copies.append((dest, r))
+            nbytes += size
             out.append(dest[:size])
+        parallel.each(self._copy, copies, nbytes)
         if located:
             whole = self.check([results[i] for i in located])
             for i in np.flatnonzero(~whole).tolist():
                 out[located[i]] = STALE
         return out
+
+    def _copy(self, job: tuple[memoryview, Location | memoryview]) -> None:
+        dest, r = job
+        if not isinstance(r, Location):
+            parallel.copy(dest, r)
+            return
+        done = 0
+        for start, n in r.segments:
+            parallel.copy(dest[done:], self.data[start : start + n])
+            done += n
 
     def check(self, located: Sequence[Location]) -> np.ndarray:
         """Whether each copy of these blocks, made before this call and complete, is whole

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tiers import cuda_ipc, sharedmem
+from tiers import cuda_ipc, parallel, sharedmem
 from tiers.base import Block, Location, Payload, PayloadSizeError, Tier, payload_parts
 from tiers.extents import ExtentAllocator
 
@@ -131,21 +131,24 @@ class SlabTier(Tier):
         return size
 
     def read_many_into(self, keys: list[bytes], dests: list[memoryview]) -> list[int]:
-        """The batch in one loop; a block in one run (nearly all) is one memoryview copy."""
-        sizes = []
+        """The batch in one pass, a large one over several threads (``tiers.parallel``); a
+        block in one run (nearly all) is one copy."""
         host = self._host_view
-        for key, dest in zip(keys, dests, strict=True):
-            entry = self._blocks.get(key)
-            if entry is None:
-                sizes.append(-1)
-                continue
-            size, runs = entry
+        found = [(i, entry) for i, key in enumerate(keys) if (entry := self._blocks.get(key)) is not None]
+
+        def copy(item: tuple[int, tuple[int, list[tuple[int, int]]]]) -> None:
+            i, (size, runs) = item
             if host is not None and len(runs) == 1:
                 start = runs[0][0] * self.page_size
-                dest[:size] = host[start : start + size]
+                parallel.copy(dests[i], host[start : start + size])
             else:
-                self._gather(size, runs, np.frombuffer(dest, dtype=np.uint8, count=size))
-            sizes.append(size)
+                self._gather(size, runs, np.frombuffer(dests[i], dtype=np.uint8, count=size))
+
+        # A GPU slab's copies queue on one stream anyway: those stay on this thread.
+        parallel.each(copy, found, sum(size for _, (size, _) in found) if host is not None else 0)
+        sizes = [-1] * len(keys)
+        for i, (size, _) in found:
+            sizes[i] = size
         return sizes
 
     def _segments(self, size: int, runs: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

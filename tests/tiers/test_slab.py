@@ -80,6 +80,28 @@ def test_fragmented_block_spans_runs_and_reads_back():
     assert [tier.get(p.key) for p in parts[::2]] == [p.payload for p in parts[::2]]
 
 
+def test_a_large_batch_reads_back_whole_one_run_and_several_runs_alike():
+    # 1 MiB pages, 12 blocks: over tiers.parallel's threshold, so spread over its threads.
+    page = 1 << 20
+    tier = dram_tier(12 * page, page)
+    parts = [blk(i, page - 7 * i) for i in range(12)]
+    tier.put_many(parts)
+    tier.delete_many([parts[1].key, parts[3].key])
+    spread = blk(99, 2 * page - 5)  # only single pages are free: two runs
+    tier.put_many([spread])
+    assert len(tier._blocks[spread.key][1]) == 2
+    blocks = [parts[0], spread, *parts[2:3], *parts[4:]]
+    keys = [b.key for b in blocks]
+    keys.insert(3, b"\xee" * 16)
+    dests = [memoryview(bytearray(2 * page)) for _ in keys]
+    sizes = tier.read_many_into(keys, dests)
+    expected = [b.size for b in blocks]
+    expected.insert(3, -1)
+    assert sizes == expected
+    got = [bytes(d[:n]) for d, n in zip(dests, sizes, strict=True) if n >= 0]
+    assert got == [b.payload for b in blocks]
+
+
 def test_bad_sizes():
     tier = dram_tier(4 * PAGE, PAGE)
     with pytest.raises(PayloadSizeError, match="out of range"):
