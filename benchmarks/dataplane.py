@@ -4,8 +4,9 @@ One run starts a real ``kvtier serve`` and a real ``redis-server`` (installed wi
 missing), then for each block size and client count measures batches of ``--batch``
 blocks: get and put GB/s and per-batch p50/p99 latency, over kvtier TCP, kvtier Unix
 socket and Redis (redis-py, MGET and pipelined SETs, hiredis parser when installed), and
-plain numpy copies of the same blocks into a preallocated buffer, over the threads that
-spread kvtier's own copies (``tiers.parallel``): the memory-bandwidth ceiling. The
+a plain numpy copy of the same bytes into a preallocated buffer (``memcpy``, the ceiling
+of one thread) beside the same blocks copied over the threads that spread kvtier's own
+large copies (``memcpy_threads``, ``tiers.parallel``): the memory-bandwidth ceilings. The
 systems take turns in short rounds and the median round counts, so a noisy neighbour hurts
 them alike.
 
@@ -379,19 +380,23 @@ def bare_socket_workers(stack: ExitStack, folder: str, clients: int, data: Paylo
     return workers, made
 
 
-def memcpy_workers(clients: int, data: Payloads) -> tuple[list, list]:
-    """Each block copied into a preallocated buffer, a batch of at least
-    ``tiers.parallel.MIN_SPREAD_BYTES`` over its threads, as the shared-memory clients copy."""
+def memcpy_workers(clients: int, data: Payloads, spread: bool = False) -> tuple[list, list]:
+    """The batch copied into a preallocated buffer: in one copy, or (``spread``) block by
+    block over ``tiers.parallel``'s threads, as the shared-memory clients copy."""
     import numpy as np
 
     from tiers import parallel
 
+    src = np.frombuffer(b"".join(data.blocks), dtype=np.uint8)
     workers = []
     for _ in range(clients):
-        dst = np.empty(data.batch_bytes, dtype=np.uint8)
+        dst = np.empty_like(src)
         dst[:] = 1  # touch the pages once, as a preallocated buffer would be
-        pairs = [(dst[i * data.size : (i + 1) * data.size], block) for i, block in enumerate(data.blocks)]
-        workers.append(partial(parallel.each, _copy_pair, pairs, data.batch_bytes))
+        if spread:
+            pairs = [(dst[i * data.size : (i + 1) * data.size], block) for i, block in enumerate(data.blocks)]
+            workers.append(partial(parallel.each, _copy_pair, pairs, data.batch_bytes))
+        else:
+            workers.append(partial(np.copyto, dst, src))
     return workers, []
 
 
@@ -429,6 +434,7 @@ SYSTEMS: dict[str, Callable[[Setup, int, Payloads], tuple]] = {
     "ipc_pages": lambda s, n, data: page_workers(s.hbm_unix, n, data, s.device, ipc=True),
     "redis_get": lambda s, n, data: redis_workers(s.redis_port, n, data, "get"),
     "memcpy": lambda s, n, data: memcpy_workers(1, data),
+    "memcpy_threads": lambda s, n, data: memcpy_workers(1, data, spread=True),
     "pinned_h2d": lambda s, n, data: device_copy_workers(data, s.device, "host"),
     "d2d": lambda s, n, data: device_copy_workers(data, s.device, "device"),
     "bare_tcp": lambda s, n, data: bare_socket_workers(s.stack, s.folder, n, data, "tcp"),
@@ -557,12 +563,12 @@ def verdict(results: dict) -> dict:
 
 # 1-client ratios, "system/its limit": the targets first, then how close each path comes to its own limit.
 RATIOS = ("kvtier_get/redis_get", "unix_get/memcpy", "bare_tcp/redis_get", "kvtier_get/bare_tcp",
-          "unix_get/bare_unix", "shm_get/redis_get", "shm_get_into/memcpy", "shm_pages/memcpy",
+          "unix_get/bare_unix", "shm_get/redis_get", "shm_get_into/memcpy_threads", "shm_pages/memcpy",
           "socket_pages/memcpy", "shm_pages/pinned_h2d", "socket_pages/pinned_h2d", "ipc_pages/d2d",
           "pinned_h2d/d2d")
 _COLUMNS = ("kvtier_get", "kvtier_get_into", "unix_get", "unix_get_into", "shm_get", "shm_get_into",
-            "shm_pages", "socket_pages", "ipc_pages", "redis_get", "memcpy", "pinned_h2d", "d2d", "bare_tcp",
-            "bare_unix", "kvtier_put", "unix_put", "redis_put")
+            "shm_pages", "socket_pages", "ipc_pages", "redis_get", "memcpy", "memcpy_threads", "pinned_h2d",
+            "d2d", "bare_tcp", "bare_unix", "kvtier_put", "unix_put", "redis_put")
 _LATENCIES = {"kvtier_get": "get", "shm_pages": "shm_pages"}  # system -> its p50/p99 column
 
 
