@@ -3,8 +3,9 @@
 A large hit is one pass over its bytes per tier it crosses: a flash record is hashed and
 copied into its DRAM pages, a DRAM block is copied into the reply arena. One core does
 that pass at a fraction of what the memory can carry; xxhash and numpy copies release the
-GIL, so a few threads carry a batch's blocks at once. A small batch stays on the caller's
-thread, where a hand-off would cost more than it saves.
+GIL, so a few threads carry a batch's blocks at once. Each thread takes a share of at
+least ``MIN_SHARE_BYTES``: waking a thread costs about what copying a megabyte does, so a
+smaller share gains less than it costs, and a small batch stays on the caller's thread.
 
 The threads are shared by the whole process and started on first use. Their number is a
 fixed rule, not a measurement: a few threads saturate one socket's memory for copies, and
@@ -26,16 +27,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 THREADS = min(4, os.cpu_count() or 1)
-MIN_SPREAD_BYTES = 4 << 20  # below this a batch is one pass on the caller's thread
+MIN_SHARE_BYTES = 4 << 20
 
 
 def each(work: Callable[[T], R], items: Sequence[T], nbytes: int) -> list[R]:
-    """``[work(item) for item in items]``, over the shared threads when the batch (of
-    ``nbytes`` in all) is large enough to gain from them: one contiguous share of the items
-    per thread, the first on the caller's (a hand-off per item would cost as much as a
-    block's copy). ``work`` must be thread-safe; an exception it raises comes out here."""
-    n = min(THREADS, len(items))
-    if n < 2 or nbytes < MIN_SPREAD_BYTES:
+    """``[work(item) for item in items]``, over as many of the shared threads as the batch
+    (of ``nbytes`` in all) has shares of ``MIN_SHARE_BYTES``: one contiguous share of the
+    items per thread, the first on the caller's (a hand-off per item would cost as much as
+    a block's copy). ``work`` must be thread-safe; an exception it raises comes out here."""
+    n = min(THREADS, len(items), nbytes // MIN_SHARE_BYTES)
+    if n < 2:
         return [work(item) for item in items]
     cuts = [len(items) * k // n for k in range(n + 1)]
     shares = [items[a:b] for a, b in itertools.pairwise(cuts)]

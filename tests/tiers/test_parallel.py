@@ -6,15 +6,15 @@ import pytest
 from tiers import parallel
 
 
-def test_a_large_batch_runs_on_several_threads_in_order_and_a_small_one_on_the_callers():
+def test_a_large_batch_runs_on_every_thread_in_order_and_a_small_one_on_the_callers():
     def name(i: int) -> tuple[int, str]:
         return i, threading.current_thread().name
 
-    small = parallel.each(name, range(8), parallel.MIN_SPREAD_BYTES - 1)
+    small = parallel.each(name, range(8), 2 * parallel.MIN_SHARE_BYTES - 1)
     assert small == [(i, threading.current_thread().name) for i in range(8)]
     if parallel.THREADS < 2:
         pytest.skip("one CPU: every batch stays on the caller's thread")
-    large = parallel.each(name, range(64), parallel.MIN_SPREAD_BYTES)
+    large = parallel.each(name, range(64), parallel.THREADS * parallel.MIN_SHARE_BYTES)
     assert [i for i, _ in large] == list(range(64))
     names = [n for _, n in large]
     assert names[0] == threading.current_thread().name  # the first share: the caller's
