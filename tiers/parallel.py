@@ -26,7 +26,8 @@ import numpy as np
 T = TypeVar("T")
 R = TypeVar("R")
 
-THREADS = min(4, os.cpu_count() or 1)
+# The CPUs this process may run on (a container's or taskset's), not the host's.
+THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 MIN_SHARE_BYTES = 4 << 20
 
 
