@@ -35,7 +35,8 @@ def each(work: Callable[[T], R], items: Sequence[T], nbytes: int) -> list[R]:
     """``[work(item) for item in items]``, over as many of the shared threads as the batch
     (of ``nbytes`` in all) has shares of ``MIN_SHARE_BYTES``: one contiguous share of the
     items per thread, the first on the caller's (a hand-off per item would cost as much as
-    a block's copy). ``work`` must be thread-safe; an exception it raises comes out here."""
+    a block's copy). ``work`` must be thread-safe and must not call ``each`` (the shared
+    threads would wait on themselves); an exception it raises comes out here."""
     n = min(THREADS, len(items), nbytes // MIN_SHARE_BYTES)
     if n < 2:
         return [work(item) for item in items]
