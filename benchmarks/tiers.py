@@ -11,8 +11,9 @@ For each block size, the same payloads go through:
   ``txn.get``), the flash limit;
 - ``hbm`` too where CUDA exists.
 
-A large batch's gets spread over the threads of ``tiers.parallel``; so do the ``memcpy``
-and ``raw_lmdb`` gets beside them, so each limit is what the same threads can do.
+A large batch's gets and DRAM puts spread over the threads of ``tiers.parallel``; so do
+the ``memcpy`` copies and ``raw_lmdb`` gets beside them, so each limit is what the same
+threads can do.
 
 Throughput is payload bytes over the median of several rounds. Ratios are what count:
 every figure is measured in the same process on the same bytes, moments apart.
@@ -232,10 +233,10 @@ class _Memcpy:
         self.sink = np.zeros_like(w.data)
 
     def put(self) -> None:
-        import numpy as np
-
-        for i, payload in enumerate(self.w.payloads):
-            self.sink[i] = np.frombuffer(payload, dtype=np.uint8)
+        sink = memoryview(self.sink.reshape(-1))
+        size = self.w.data.shape[1]
+        for s in self.w.batches:
+            _copy_all([(sink[i * size : (i + 1) * size], self.w.payloads[i]) for i in range(s.start, s.stop)])
 
     def get(self) -> None:
         size = self.w.data.shape[1]

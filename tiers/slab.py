@@ -175,13 +175,18 @@ class SlabTier(Tier):
         need = sum(self.footprint(b.size) // self.page_size for b in blocks if b.key not in self._blocks)
         if need > self._free.free_pages:
             raise RuntimeError(f"bug: {self.name} asked for {need} pages with {self._free.free_pages} free")
+        writes, nbytes = [], 0
         for b in blocks:
             if b.key in self._blocks:
                 continue
             runs = self._free.allocate(-(-b.size // self.page_size))
             if b.payload is not None:  # None: the caller fills the pages (``reserves``)
-                self._write(runs, b.payload)
+                writes.append((runs, b.payload))
+                nbytes += b.size
             self._blocks[b.key] = (b.size, runs)
+        # Host pages: a large batch over several threads (``tiers.parallel``); a GPU slab's
+        # copies queue on one stream anyway.
+        parallel.each(lambda write: self._write(*write), writes, nbytes if self._host is not None else 0)
 
     def fill(self, key: bytes, payload: Payload) -> None:
         self._write(self._blocks[key][1], payload)
