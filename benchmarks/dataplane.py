@@ -394,16 +394,10 @@ def memcpy_workers(clients: int, data: Payloads, spread: bool = False) -> tuple[
         dst[:] = 1  # touch the pages once, as a preallocated buffer would be
         if spread:
             pairs = [(dst[i * data.size : (i + 1) * data.size], block) for i, block in enumerate(data.blocks)]
-            workers.append(partial(parallel.each, _copy_pair, pairs, data.batch_bytes))
+            workers.append(partial(parallel.copy_all, pairs))
         else:
             workers.append(partial(np.copyto, dst, src))
     return workers, []
-
-
-def _copy_pair(pair: tuple) -> None:
-    from tiers import parallel
-
-    parallel.copy(*pair)
 
 
 @dataclass(frozen=True)

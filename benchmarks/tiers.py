@@ -204,12 +204,14 @@ class _RawLmdb:
     def get(self) -> None:
         """Zero-copy read, copied into the arena (over the store's copy threads): what the
         store does, minus the store."""
+        from tiers import parallel
+
         view = memoryview(self.w.arena)
         size = self.w.data.shape[1]
         for s in self.w.batches:
             with self.env.begin(buffers=True) as txn:
-                _copy_all([(view[j * size : (j + 1) * size], txn.get(key))
-                           for j, key in enumerate(self.w.keys[s])])
+                parallel.copy_all([(view[j * size : (j + 1) * size], txn.get(key))
+                                   for j, key in enumerate(self.w.keys[s])])
 
     def get_bytes(self) -> None:
         for s in self.w.batches:
@@ -233,24 +235,22 @@ class _Memcpy:
         self.sink = np.zeros_like(w.data)
 
     def put(self) -> None:
+        from tiers import parallel
+
         sink = memoryview(self.sink.reshape(-1))
         size = self.w.data.shape[1]
         for s in self.w.batches:
-            _copy_all([(sink[i * size : (i + 1) * size], self.w.payloads[i]) for i in range(s.start, s.stop)])
+            parallel.copy_all([(sink[i * size : (i + 1) * size], self.w.payloads[i])
+                               for i in range(s.start, s.stop)])
 
     def get(self) -> None:
+        from tiers import parallel
+
         size = self.w.data.shape[1]
         arena = memoryview(self.w.arena)
         for s in self.w.batches:
-            _copy_all([(arena[j * size : (j + 1) * size], self.w.data[i])
-                       for j, i in enumerate(range(s.start, s.stop))])
-
-
-def _copy_all(pairs: list[tuple]) -> None:
-    """Each ``(dest, src)`` copy, a large batch over ``tiers.parallel``'s threads as the store's."""
-    from tiers import parallel
-
-    parallel.each(lambda pair: parallel.copy(*pair), pairs, sum(len(dest) for dest, _ in pairs))
+            parallel.copy_all([(arena[j * size : (j + 1) * size], self.w.data[i])
+                               for j, i in enumerate(range(s.start, s.stop))])
 
 
 def print_table(results: list[dict]) -> None:

@@ -56,6 +56,15 @@ def _each(work: Callable[[T], R], share: Sequence[T]) -> list[R]:
     return [work(item) for item in share]
 
 
+def copy_all(pairs: Sequence[tuple]) -> None:
+    """Each ``(dest, src)`` pair copied, as ``copy`` does, a large batch over the shared threads."""
+    each(_copy_pair, pairs, sum(memoryview(src).nbytes for _, src in pairs))
+
+
+def _copy_pair(pair: tuple) -> None:
+    copy(*pair)
+
+
 def copy(dest, src) -> None:
     """Copy the bytes of ``src`` to the start of ``dest`` without holding the GIL (a
     memoryview slice assignment holds it)."""

@@ -133,19 +133,14 @@ class SlabTier(Tier):
     def read_many_into(self, keys: list[bytes], dests: list[memoryview]) -> list[int]:
         """The batch in one pass, a large one over several threads (``tiers.parallel``); a
         block in one run (nearly all) is one copy."""
-        host = self._host_view
         found = [(i, entry) for i, key in enumerate(keys) if (entry := self._blocks.get(key)) is not None]
 
         def copy(item: tuple[int, tuple[int, list[tuple[int, int]]]]) -> None:
             i, (size, runs) = item
-            if host is not None and len(runs) == 1:
-                start = runs[0][0] * self.page_size
-                parallel.copy(dests[i], host[start : start + size])
-            else:
-                self._gather(size, runs, np.frombuffer(dests[i], dtype=np.uint8, count=size))
+            self._gather(size, runs, np.frombuffer(dests[i], dtype=np.uint8, count=size))
 
         # A GPU slab's copies queue on one stream anyway: those stay on this thread.
-        parallel.each(copy, found, sum(size for _, (size, _) in found) if host is not None else 0)
+        parallel.each(copy, found, sum(size for _, (size, _) in found) if self._host is not None else 0)
         sizes = [-1] * len(keys)
         for i, (size, _) in found:
             sizes[i] = size

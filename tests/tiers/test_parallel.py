@@ -43,3 +43,11 @@ def test_copy_writes_the_start_of_its_destination():
     dest = bytearray(b"." * 8)
     parallel.copy(memoryview(dest)[2:], b"abc")
     assert dest == b"..abc..."
+
+
+def test_copy_all_copies_every_pair_of_a_spread_batch():
+    share = parallel.MIN_SHARE_BYTES
+    srcs = [bytes([i]) * share for i in range(4)]
+    dests = [bytearray(share) for _ in srcs]
+    parallel.copy_all(list(zip(dests, srcs, strict=True)))
+    assert dests == srcs
